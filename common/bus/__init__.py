@@ -1,0 +1,1 @@
+"""The ZeroMQ bus: typed messages, request/reply clients, the event channel."""

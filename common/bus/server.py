@@ -1,0 +1,175 @@
+"""The serving side of the bus: binding, decoding requests, answering.
+
+The store binds a ROUTER for requests; dhcpd and tftpd each bind a small
+control ROUTER that answers :class:`Health` for ``astralboot status``.
+A frame that cannot be decoded is answered with an error reply when its
+request id could be read, and otherwise dropped and counted; it never
+raises out of the receive loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import zmq
+import zmq.asyncio
+
+from .. import __version__
+from ..errors import ErrorCode, MalformedMessage, StartupError
+from ..messages import ErrorReply, Health, HealthReply
+from .frames import pack, unpack
+from .schema import Reply, Request
+
+log = logging.getLogger(__name__)
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
+def _answers_health(endpoint: str, timeout: float = 0.3) -> bool:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart([b"", pack(Health(), 1)])
+        return bool(sock.poll(int(timeout * 1000)))
+    finally:
+        sock.close(linger=0)
+
+
+def bind(sock: zmq.Socket, endpoint: str, service: str) -> None:
+    """Bind ``sock``, turning the usual failures into a clear StartupError."""
+    path = ipc_path(endpoint)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(service, f"cannot create {path.parent}: {exc.strerror}") from None
+        if path.exists():
+            if _answers_health(endpoint):
+                raise StartupError(service, f"another process already serves {endpoint}")
+            path.unlink(missing_ok=True)  # left behind by a process that died
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        reason = {
+            zmq.EADDRINUSE: "address already in use",
+            zmq.EACCES: "permission denied",
+            zmq.EADDRNOTAVAIL: "address not available on this host",
+        }.get(exc.errno, exc.strerror)
+        raise StartupError(service, f"cannot bind {endpoint}: {reason}") from None
+
+
+class Incoming:
+    """One decoded request and the routing envelope to answer it on."""
+
+    __slots__ = ("envelope", "request")
+
+    def __init__(self, envelope: list[bytes], request: Request) -> None:
+        self.envelope = envelope
+        self.request = request
+
+
+def decode(frames: list[bytes], stats: Counter[str]) -> tuple[Incoming | None, list[bytes] | None]:
+    """Decode a ROUTER frame list.
+
+    Returns ``(incoming, None)`` for a good request, ``(None, reply_frames)``
+    when the sender should be told its frame was bad, ``(None, None)`` when
+    it must be dropped.
+    """
+    if len(frames) < 2:
+        stats["dropped_frames"] += 1
+        return None, None
+    envelope, body = frames[:-1], frames[-1]
+    try:
+        msg = unpack(body)
+    except MalformedMessage as exc:
+        stats["malformed"] += 1
+        if exc.request_id is None:
+            log.warning("dropping undecodable frame: %s", exc)
+            return None, None
+        log.warning("bad request %x: %s", exc.request_id, exc)
+        err = ErrorReply(code=ErrorCode.BAD_REQUEST.value, detail=str(exc))
+        return None, envelope + [pack(err, exc.request_id)]
+    if not isinstance(msg, Request):
+        stats["malformed"] += 1
+        err = ErrorReply(code=ErrorCode.BAD_REQUEST.value, detail=f"{msg.kind} is not a request")
+        return None, envelope + [pack(err, msg.request_id)]
+    stats["requests"] += 1
+    return Incoming(envelope, msg), None
+
+
+def encode(incoming: Incoming, reply: Reply) -> list[bytes]:
+    return incoming.envelope + [pack(reply, incoming.request.request_id)]
+
+
+def error(code: ErrorCode, detail: str) -> ErrorReply:
+    return ErrorReply(code=code.value, detail=detail)
+
+
+def health_reply(service: str, started: float, details: dict[str, str | int | float | bool],
+                 status: str = "ok") -> HealthReply:
+    return HealthReply(service=service, version=__version__, pid=os.getpid(),
+                       host=socket.gethostname(), started=started, status=status,  # type: ignore[arg-type]
+                       details=details)
+
+
+class ControlEndpoint:
+    """A front end's own ROUTER, answering Health with the service's counters."""
+
+    def __init__(self, endpoint: str, service: str,
+                 details: Callable[[], dict[str, str | int | float | bool]],
+                 context: zmq.asyncio.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self.service = service
+        self.details = details
+        self.started = time.time()
+        self.stats: Counter[str] = Counter()
+        self._ctx = context or zmq.asyncio.Context.instance()
+        self._sock: zmq.asyncio.Socket | None = None
+
+    def bind(self) -> None:
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        bind(self._sock, self.endpoint, self.service)
+
+    async def serve(self) -> None:
+        assert self._sock is not None, "bind() first"
+        while True:
+            frames = await self._sock.recv_multipart()
+            incoming, answer = decode(frames, self.stats)
+            if incoming is not None:
+                if isinstance(incoming.request, Health):
+                    reply: Reply = health_reply(self.service, self.started, self.details())
+                else:
+                    reply = error(ErrorCode.BAD_REQUEST,
+                                  f"{self.service} control socket only answers health")
+                answer = encode(incoming, reply)
+            if answer is not None:
+                await self._sock.send_multipart(answer)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+            path = ipc_path(self.endpoint)
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+
+async def serve_forever(endpoint: ControlEndpoint) -> None:
+    """Run a control endpoint as a task; cancellation closes it."""
+    try:
+        await endpoint.serve()
+    finally:
+        endpoint.close()
+

@@ -1,0 +1,12 @@
+"""Configuration: config.toml and refs.toml, loaded once into typed objects."""
+
+from .load import load, normalise_mac
+from .model import (SERVICES, BusConfig, Config, DhcpConfig, HttpConfig, IpfsConfig,
+                    MenuConfig, ReservationConfig, StoreConfig, SubnetConfig, TftpConfig)
+from .render import render, render_settings
+
+__all__ = [
+    "SERVICES", "BusConfig", "Config", "DhcpConfig", "HttpConfig", "IpfsConfig", "MenuConfig",
+    "ReservationConfig", "StoreConfig", "SubnetConfig", "TftpConfig", "load", "normalise_mac",
+    "render", "render_settings",
+]

@@ -1,0 +1,142 @@
+"""The typed configuration every service is handed.
+
+Built once by :func:`astralboot.common.config.load` from config.toml and
+refs.toml, then passed down; nothing reads TOML after start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+SERVICES = ("store", "dhcpd", "tftpd", "httpd")
+
+
+@dataclass(frozen=True, slots=True)
+class SubnetConfig:
+    """One address pool: the served interface's own subnet, or a relayed one."""
+
+    network: IPv4Network
+    range_start: IPv4Address
+    range_end: IPv4Address
+    gateway: IPv4Address | None
+    dns: tuple[IPv4Address, ...]
+    lease_time: int
+    relayed: bool
+
+    @property
+    def name(self) -> str:
+        return str(self.network)
+
+    def in_range(self, ip: IPv4Address) -> bool:
+        return self.range_start <= ip <= self.range_end
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationConfig:
+    mac: str
+    address: IPv4Address
+    name: str | None = None
+    os: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DhcpConfig:
+    subnets: tuple[SubnetConfig, ...]  # the interface's own subnet first
+    reservations: tuple[ReservationConfig, ...]
+    lease_time: int
+    offer_hold: int
+    decline_quarantine: int
+    proxy: bool
+    rogue_guard: bool
+    rogue_listen: float
+    port: int
+    client_port: int
+
+    @property
+    def local(self) -> SubnetConfig:
+        return self.subnets[0]
+
+
+@dataclass(frozen=True, slots=True)
+class TftpConfig:
+    port: int
+    single_port: bool
+    max_sessions: int
+    per_client: int
+    timeout: float
+    retries: int
+    memory_cache: int  # files up to this many bytes are kept in memory
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    port: int
+    bind: str
+    workers: int
+    threads: int
+    public_url: str  # what boot scripts point at, e.g. http://192.0.2.1
+
+
+@dataclass(frozen=True, slots=True)
+class MenuConfig:
+    default: str
+    timeout: int  # seconds before the default entry is taken; 0 waits forever
+
+
+@dataclass(frozen=True, slots=True)
+class IpfsConfig:
+    enabled: bool
+    api: str  # multiaddr, e.g. /ip4/127.0.0.1/tcp/5001
+    timeout: float
+    root: str | None  # the boot root CID from refs.toml
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    database: str  # SQLAlchemy URL; relative SQLite paths already resolved
+    cache: Path
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    endpoint: str
+    events: str
+    deadline: float
+
+    @property
+    def is_local(self) -> bool:
+        return self.endpoint.startswith("ipc://")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path  # the config file, absolute
+    refs_path: Path
+    interface: str
+    address: IPv4Address
+    network: IPv4Network
+    gateway: IPv4Address
+    dns: tuple[IPv4Address, ...]
+    domain: str
+    data: Path
+    runtime_dir: Path
+    log_level: str
+    dhcp: DhcpConfig
+    tftp: TftpConfig
+    http: HttpConfig
+    menu: MenuConfig
+    ipfs: IpfsConfig
+    store: StoreConfig
+    bus: BusConfig
+    derived: frozenset[str] = field(default_factory=frozenset)  # keys not set in the file
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def control_endpoint(self, service: str) -> str:
+        """Where a front end answers ``astralboot status`` on this host."""
+        return f"ipc://{self.runtime_dir / (service + '.ctl')}"

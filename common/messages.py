@@ -1,0 +1,346 @@
+"""Every message on the bus, and the records they carry.
+
+Requests go from a front end (dhcpd, tftpd, httpd, the CLI) to the store;
+each has exactly one reply kind on success, or :class:`ErrorReply`. The
+catalogue follows DESIGN.md: leases, machines, content, events, health.
+
+Addresses travel as dotted strings, MACs as lower-case ``aa:bb:cc:dd:ee:ff``,
+times as float seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Literal
+
+from .bus.schema import Record, Reply, Request, message, record
+from .errors import ErrorCode
+
+# --- records -----------------------------------------------------------------
+
+LeaseState = Literal["offered", "bound", "released", "declined", "expired"]
+
+
+@record
+class LeaseRecord(Record):
+    ip: str
+    mac: str
+    subnet: str
+    state: LeaseState
+    expires: float
+    lease_time: int
+    client_id: bytes | None = None
+    hostname: str | None = None
+
+
+@record
+class MachineRecord(Record):
+    mac: str
+    name: str
+    os: str | None = None
+    machine_class: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    boot_once: bool = False
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    ip: str | None = None
+
+
+@record
+class Reservation(Record):
+    mac: str
+    ip: str
+    name: str | None = None
+    os: str | None = None
+
+
+@record
+class ContentEntry(Record):
+    path: str
+    is_dir: bool
+    size: int = 0
+    digest: str | None = None  # hex SHA-256 of a file's bytes; None for folders
+
+
+@record
+class BootEvent(Record):
+    time: float
+    mac: str
+    service: str
+    stage: str
+    ip: str | None = None
+    detail: str = ""
+    id: int = 0  # assigned by the store
+
+
+@record
+class ImportedLease(Record):
+    """One entry of the original server's machines.json."""
+
+    ip: str
+    mac: str | None = None
+    active: bool = False
+    reserved: bool = False
+    os: str | None = None
+    name: str | None = None
+    machine_class: str | None = None
+    created: float | None = None
+
+
+# --- replies -----------------------------------------------------------------
+
+
+@message("error")
+class ErrorReply(Reply):
+    code: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        ErrorCode(self.code)  # a closed set; raises ValueError otherwise
+
+    @property
+    def error_code(self) -> ErrorCode:
+        return ErrorCode(self.code)
+
+
+@message("ok")
+class Done(Reply):
+    """Success with nothing to say."""
+
+
+@message("ok.lease")
+class LeaseReply(Reply):
+    lease: LeaseRecord
+    machine: MachineRecord | None = None
+
+
+@message("ok.leases")
+class LeaseListReply(Reply):
+    leases: tuple[LeaseRecord, ...] = ()
+
+
+@message("ok.machine")
+class MachineReply(Reply):
+    machine: MachineRecord
+
+
+@message("ok.machines")
+class MachineListReply(Reply):
+    machines: tuple[MachineRecord, ...] = ()
+
+
+@message("ok.reservations")
+class ReservationListReply(Reply):
+    reservations: tuple[Reservation, ...] = ()
+
+
+@message("ok.import")
+class ImportReply(Reply):
+    leases: int = 0
+    machines: int = 0
+    reserved: int = 0
+    skipped: int = 0
+
+
+@message("ok.content.entry")
+class ContentStatReply(Reply):
+    entry: ContentEntry
+
+
+@message("ok.content.list")
+class ContentListReply(Reply):
+    path: str
+    entries: tuple[ContentEntry, ...] = ()
+
+
+@message("ok.content.data")
+class ContentDataReply(Reply):
+    digest: str
+    offset: int
+    size: int  # size of the whole file
+    data: bytes = b""
+
+
+@message("ok.events")
+class EventListReply(Reply):
+    events: tuple[BootEvent, ...] = ()
+
+
+@message("ok.health")
+class HealthReply(Reply):
+    service: str
+    version: str
+    pid: int
+    host: str
+    started: float
+    status: Literal["ok", "degraded"] = "ok"
+    details: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+
+# --- lease requests ----------------------------------------------------------
+
+CommitMode = Literal["select", "reboot", "renew", "rebind"]
+
+
+@message("lease.offer")
+class LeaseOffer(Request):
+    """Pick an address for a DISCOVER and hold it for a short while."""
+
+    mac: str
+    subnet: str
+    client_id: bytes | None = None
+    requested_ip: str | None = None
+    hostname: str | None = None
+
+
+@message("lease.commit")
+class LeaseCommit(Request):
+    """Bind an address for a REQUEST; answered only once it is on disk.
+
+    ``conflict`` means NAK; ``not_found`` (INIT-REBOOT of an unknown client)
+    means stay silent.
+    """
+
+    mac: str
+    subnet: str
+    ip: str
+    mode: CommitMode
+    client_id: bytes | None = None
+    hostname: str | None = None
+
+
+@message("lease.release")
+class LeaseRelease(Request):
+    mac: str
+    ip: str
+    client_id: bytes | None = None
+
+
+@message("lease.decline")
+class LeaseDecline(Request):
+    mac: str
+    ip: str
+    client_id: bytes | None = None
+
+
+@message("lease.lookup")
+class LeaseLookup(Request):
+    """The current lease of a MAC or of an address (exactly one is given)."""
+
+    mac: str | None = None
+    ip: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mac is None) == (self.ip is None):
+            raise ValueError("give exactly one of mac and ip")
+
+
+@message("lease.list")
+class LeaseList(Request):
+    subnet: str | None = None
+    state: LeaseState | None = None
+    limit: int = 10000
+
+
+@message("lease.import")
+class LeaseImport(Request):
+    entries: tuple[ImportedLease, ...]
+
+
+@message("reservation.set")
+class ReservationSet(Request):
+    reservation: Reservation
+
+
+@message("reservation.delete")
+class ReservationDelete(Request):
+    mac: str
+
+
+@message("reservation.list")
+class ReservationList(Request):
+    pass
+
+
+# --- machine requests --------------------------------------------------------
+
+MACHINE_FIELDS = ("name", "os", "machine_class", "labels", "boot_once")
+
+
+@message("machine.get")
+class MachineGet(Request):
+    mac: str
+
+
+@message("machine.set")
+class MachineSet(Request):
+    """Change a machine; None leaves a field as it is, ``clear`` empties it.
+
+    The machine is created (named ``nodeN``) if the store has not seen it.
+    """
+
+    mac: str
+    name: str | None = None
+    os: str | None = None
+    machine_class: str | None = None
+    labels: dict[str, str] | None = None
+    boot_once: bool | None = None
+    clear: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.clear:
+            if name not in MACHINE_FIELDS:
+                raise ValueError(f"cannot clear {name!r}")
+
+
+@message("machine.list")
+class MachineList(Request):
+    os: str | None = None
+
+
+# --- content requests --------------------------------------------------------
+
+
+@message("content.stat")
+class ContentStat(Request):
+    """Resolve a path under the content root to its digest and size.
+
+    When the reply comes, a file's bytes are in the store's cache.
+    """
+
+    path: str
+
+
+@message("content.list")
+class ContentList(Request):
+    path: str
+
+
+@message("content.read")
+class ContentRead(Request):
+    digest: str
+    offset: int = 0
+    length: int = 1 << 20
+
+
+# --- events and health -------------------------------------------------------
+
+
+@message("event.report")
+class EventReport(Request):
+    """Fire-and-forget: a front end tells the store a boot stage happened."""
+
+    expects_reply = False
+    event: BootEvent
+
+
+@message("event.list")
+class EventList(Request):
+    mac: str | None = None
+    after_id: int = 0
+    limit: int = 1000
+
+
+@message("health")
+class Health(Request):
+    pass
