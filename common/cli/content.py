@@ -12,9 +12,6 @@ def add_precache_arguments(p: argparse.ArgumentParser) -> None:
     pass
 
 
-def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
-    pass
-
 
 def cmd_publish(args: argparse.Namespace) -> int:
     raise NotImplementedError("cmd_publish")
@@ -23,6 +20,3 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_precache(args: argparse.Namespace) -> int:
     raise NotImplementedError("cmd_precache")
 
-
-def cmd_fetch(args: argparse.Namespace) -> int:
-    raise NotImplementedError("cmd_fetch")

@@ -34,7 +34,7 @@ COMMANDS: dict[str, str] = {
     "machines": "astralboot.common.cli.admin:cmd_machines",
     "publish": "astralboot.common.cli.content:cmd_publish",
     "precache": "astralboot.common.cli.content:cmd_precache",
-    "fetch": "astralboot.common.cli.content:cmd_fetch",
+    "fetch": "astralboot.common.cli.fetch:cmd_fetch",
     "demo": "astralboot.common.cli.demo:cmd_demo",
 }
 
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p, top=False)
         return p
 
-    from . import admin, content, demo, setup, status, supervise  # argument definitions only
+    from . import admin, content, demo, fetch, setup, status, supervise  # argument definitions only
     setup.add_init_arguments(add("init", "write config.toml, by questions or by flags"))
     setup.add_config_arguments(add("config", "show the effective configuration"))
     supervise.add_arguments(add("serve", "run all four services in the foreground"))
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_machines_arguments(add("machines", "list, show or change machines"))
     content.add_publish_arguments(add("publish", "add the data folder to IPFS, write refs.toml"))
     content.add_precache_arguments(add("precache", "fetch everything under the IPFS root"))
-    content.add_fetch_arguments(add("fetch", "download an OS's images from upstream"))
+    fetch.add_fetch_arguments(add("fetch", "download an OS's images from upstream"))
     demo.add_arguments(add("demo", "boot a QEMU guest through the whole chain, in a namespace"))
     return parser
 
