@@ -14,6 +14,7 @@ from typing import Callable
 
 from .. import __version__
 from ..errors import AstralBootError, BusError, ConfigError, StartupError
+from .options import add_common_options
 
 EXIT_FAIL = 1
 EXIT_USAGE = 2
@@ -39,28 +40,18 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _common(p: argparse.ArgumentParser, top: bool) -> None:
-    # On subcommands the defaults are suppressed so a flag given before the
-    # command is not overwritten by the subcommand's default.
-    default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
-    p.add_argument("-c", "--config", metavar="PATH", default=default("config.toml"),
-                   help="configuration file (default: ./config.toml)")
-    p.add_argument("-v", "--verbose", action="count", default=default(0),
-                   help="more log output: -v info, -vv debug, -vvv trace")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="astralboot",
         description="Network boot server: DHCP, TFTP and HTTP from power-on to an "
                     "unattended OS install.")
     parser.add_argument("--version", action="version", version=f"astralboot {__version__}")
-    _common(parser, top=True)
+    add_common_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        _common(p, top=False)
+        add_common_options(p)
         return p
 
     from . import admin, content, demo, fetch, setup, status, supervise  # argument definitions only

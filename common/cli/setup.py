@@ -1,24 +1,239 @@
-"""``astralboot init`` and ``astralboot config show``."""
+"""``astralboot init`` and ``astralboot config show``.
+
+``init`` asks the original server's set-up questions on a terminal (which
+interface, local folder or IPFS, DNS server and gateway) and writes
+config.toml; every answer is also a flag, and ``--non-interactive`` never
+prompts. The file is checked by loading it back before it replaces
+anything, and the data folder is created from the bundled layout.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, TextIO
 
-from ..config import load, render
+from .. import netif
+from ..config import load, render, render_settings
+from ..config.load import default_range, p_multiaddr, p_range, resolve_database
+from ..datafolder import create as create_data_folder
+from ..errors import ConfigError
+
+WARNING_ONE_INTERFACE = """
+  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+  !!  This machine has only ONE network interface ({name}).
+  !!  AstralBoot answers DHCP. On a shared (office, home, data centre)
+  !!  network it would hand addresses to machines that are not yours and
+  !!  can take that network down. Serve on a dedicated boot network, or
+  !!  choose proxyDHCP mode, which hands out no addresses at all.
+  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+"""
 
 
 def add_init_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--non-interactive", action="store_true")
+    p.add_argument("--non-interactive", action="store_true",
+                   help="never ask; take flags and defaults")
+    p.add_argument("--force", action="store_true", help="replace an existing config file")
+    p.add_argument("--interface", help="the boot network interface, e.g. br0")
+    p.add_argument("--address", help="this server's address (default: read from the interface)")
+    p.add_argument("--range", dest="range_", metavar="START-END",
+                   help="addresses to hand out, e.g. 192.0.2.100-192.0.2.200")
+    p.add_argument("--data", help="data folder (default: ./data beside the config)")
+    ipfs = p.add_mutually_exclusive_group()
+    ipfs.add_argument("--ipfs", dest="ipfs", action="store_true", default=None,
+                      help="serve boot files from IPFS (root CID in refs.toml)")
+    ipfs.add_argument("--no-ipfs", dest="ipfs", action="store_false",
+                      help="serve boot files from the local data folder")
+    p.add_argument("--ipfs-api", metavar="MULTIADDR", help="e.g. /ip4/127.0.0.1/tcp/5001")
+    p.add_argument("--dns", action="append", help="DNS server given to clients (repeatable)")
+    p.add_argument("--gateway", help="router given to clients (default: this server)")
+    p.add_argument("--domain", help="DNS domain given to clients")
+    p.add_argument("--db", metavar="URL", help="sqlite:///PATH or postgresql://...")
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--tftp-port", type=int)
+    p.add_argument("--proxy", action="store_true", default=None,
+                   help="proxyDHCP: give boot information only, no addresses")
+    p.add_argument("--no-data", action="store_true",
+                   help="do not create or fill the data folder")
+
+
+class Asker:
+    """Questions on a terminal, each with a default taken on a bare Enter."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+
+    def say(self, text: str) -> None:
+        print(text, file=self.stdout, flush=True)
+
+    def ask(self, question: str, default: str | None,
+            check: Callable[[str], Any] = lambda v: v) -> Any:
+        while True:
+            hint = f" [{default}]" if default else ""
+            self.stdout.write(f"\n{question}{hint}\n> ")
+            self.stdout.flush()
+            line = self.stdin.readline()
+            if not line:
+                raise ConfigError("(terminal)", question, "input ended before an answer")
+            answer = line.strip() or (default or "")
+            try:
+                return check(answer)
+            except ValueError as exc:
+                self.say(f"  {exc}; try again.")
+
+    def yes_no(self, question: str, default: bool) -> bool:
+        def parse(v: str) -> bool:
+            if v.lower() in ("y", "yes"):
+                return True
+            if v.lower() in ("n", "no"):
+                return False
+            raise ValueError("please answer yes or no")
+        return self.ask(question, "yes" if default else "no", parse)
+
+    def choose(self, question: str, options: list[tuple[str, str]], default: str) -> str:
+        self.stdout.write(f"\n{question}\n")
+        for i, (key, label) in enumerate(options):
+            self.stdout.write(f"  {i}: {key:10} {label}\n")
+        keys = [k for k, _ in options]
+
+        def parse(v: str) -> str:
+            if v in keys:
+                return v
+            if v.isdigit() and int(v) < len(keys):
+                return keys[int(v)]
+            raise ValueError(f"pick a number from 0 to {len(keys) - 1}")
+        return self.ask("Select", default, parse)
+
+
+def _ip(v: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(v))
+    except ipaddress.AddressValueError:
+        raise ValueError(f"{v!r} is not an IPv4 address") from None
+
+
+def _ips(v: str) -> list[str]:
+    return [_ip(x.strip()) for x in v.replace(",", " ").split()]
+
+
+def _range_text(v: str) -> str:
+    start, end = p_range(v)
+    return f"{start}-{end}"
+
+
+def _interactive(args: argparse.Namespace, asker: Asker) -> None:
+    """Fill in every answer the flags did not give."""
+    asker.say("AstralBoot set-up. Press Enter to take the [default].")
+    found = [i for i in netif.interfaces() if not i.loopback]
+    if args.interface is None:
+        if not found:
+            raise ConfigError("(host)", "interface", "this host has no network interface but lo")
+        if len(found) == 1:
+            asker.say(WARNING_ONE_INTERFACE.format(name=found[0].name))
+            if not asker.yes_no("Serve DHCP on it anyway?", False):
+                if asker.yes_no("Use proxyDHCP mode instead (no addresses handed out)?", True):
+                    args.proxy = True
+                else:
+                    raise ConfigError("(answer)", "interface", "no dedicated boot interface")
+        options = [(i.name, f"{i.ipv4 or 'no IPv4 address'}  {'up' if i.up else 'DOWN'}")
+                   for i in found]
+        with_addr = [i.name for i in found if i.ipv4]
+        args.interface = asker.choose("Which interface is the boot network on?", options,
+                                      with_addr[-1] if with_addr else found[0].name)
+    iface = netif.ipv4_of(args.interface)
+    if args.address is None:
+        args.address = asker.ask("This server's address on that network",
+                                 str(iface.ip) if iface else None, _ip)
+    network = iface.network if iface and str(iface.ip) == args.address else \
+        ipaddress.IPv4Network(f"{args.address}/24", strict=False)
+    if args.range_ is None and not args.proxy:
+        start, end = default_range(network, {ipaddress.IPv4Address(args.address)})
+        args.range_ = asker.ask("Addresses to hand out (START-END)", f"{start}-{end}",
+                                _range_text)
+    if args.ipfs is None:
+        source = asker.choose("Where do boot files come from?",
+                              [("local", "a local data folder"),
+                               ("ipfs", "IPFS (a root CID in refs.toml)")], "local")
+        args.ipfs = source == "ipfs"
+    if args.ipfs and args.ipfs_api is None:
+        args.ipfs_api = asker.ask("IPFS API address (multiaddr)", "/ip4/127.0.0.1/tcp/5001",
+                                  p_multiaddr)
+    if args.dns is None:
+        args.dns = asker.ask("DNS server(s) for clients", args.address, _ips)
+    if args.gateway is None:
+        args.gateway = asker.ask("Gateway (router) for clients", args.address, _ip)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    dns = [ip for entry in args.dns for ip in _ips(entry)] if args.dns else None
+    return {
+        "interface": args.interface,
+        "address": args.address,
+        "gateway": args.gateway,
+        "dns": dns,
+        "domain": args.domain,
+        "data": args.data,
+        "dhcp.range": args.range_,
+        "dhcp.proxy": True if args.proxy else None,
+        "tftp.port": args.tftp_port,
+        "http.port": args.http_port,
+        "ipfs.enabled": args.ipfs if args.ipfs is not None else None,
+        "ipfs.api": args.ipfs_api,
+        "store.database": args.db,
+    }
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    raise NotImplementedError("init")
+    path = Path(args.config).absolute()
+    if path.exists() and not args.force:
+        print(f"astralboot init: {path} exists; use --force to replace it", file=sys.stderr)
+        return 2
+    if not args.non_interactive:
+        if not sys.stdin.isatty():
+            print("astralboot init: no terminal to ask questions on; give the answers as "
+                  "flags with --non-interactive (see astralboot init --help)", file=sys.stderr)
+            return 2
+        _interactive(args, Asker(sys.stdin, sys.stdout))
+    elif args.interface is None:
+        raise ConfigError(path, "interface", "--interface is required with --non-interactive")
+    if args.db:
+        resolve_database(path.parent, args.db)  # fail before writing anything
+
+    text = render_settings(_settings(args))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        config = load(tmp)  # every value checked before it replaces anything
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    print(f"wrote {path}")
+    if not args.no_data:
+        # The temporary file sat beside the final one, so its paths are the final ones.
+        for line in create_data_folder(config.data):
+            print(f"  {line}")
+        print(f"data folder: {config.data}")
+    if config.ipfs.enabled and config.ipfs.root is None:
+        print("IPFS: no refs.toml yet; `astralboot publish` adds the data folder to IPFS "
+              "and writes it")
+    print(f"next: astralboot serve -c {path}")
+    return 0
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["show"], help="show: print every effective setting")
+    p.add_argument("--plain", action="store_true",
+                   help="no comments marking default and derived values")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    print(render(load(args.config)), end="")
+    print(render(load(args.config), annotate=not args.plain), end="")
     return 0

@@ -1,0 +1,173 @@
+"""Configuration: typed loading, errors that name file and key, TOML round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from astralboot.common.config import load, render
+from astralboot.common.errors import ConfigError, ConfigErrors
+
+BASE = 'interface = "br0"\naddress = "192.0.2.1"\nnetwork = "192.0.2.0/24"\n'
+
+
+def write(folder: Path, text: str, name: str = "config.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, key, problem", [
+    ('interface = "br0"\naddress = "192.0.2.300"\n', "address", "not an IPv4 address"),
+    (BASE + 'adress = "x"\n', "adress", "did you mean address?"),
+    (BASE + '[tftp]\nport = 70000\n', "tftp.port", "out of range"),
+    (BASE + '[http]\nport = "eighty"\n', "http.port", "whole number"),
+    (BASE + '[dhcp]\nrange = "192.0.2.200-192.0.2.100"\n', "dhcp.range", "ends"),
+    (BASE + '[dhcp]\nrange = "198.51.100.1-198.51.100.9"\n', "dhcp.range", "not inside 192.0.2.0/24"),
+    (BASE + '[dhcp]\nrange = "192.0.2.0-192.0.2.9"\n', "dhcp.range", "network or broadcast"),
+    (BASE + '[dhcp]\nlease_time = "forever"\n', "dhcp.lease_time", "duration"),
+    (BASE + '[dhcp]\nlease_time = "10s"\n', "dhcp.lease_time", "out of range"),
+    (BASE + '[ipfs]\napi = "localhost:5001"\n', "ipfs.api", "multiaddr"),
+    (BASE + '[store]\ndatabase = "mysql://x"\n', "store.database", "sqlite"),
+    (BASE + '[store]\ndatabase = "sqlite:///:memory:"\n', "store.database", "lose every lease"),
+    (BASE + '[bus]\nendpoint = "udp://1.2.3.4:5"\n', "bus.endpoint", "tcp://HOST:PORT"),
+    (BASE + 'log_level = "chatty"\n', "log_level", "not one of"),
+    (BASE + 'dns = []\n', "dns", "non-empty"),
+    (BASE + 'dhcp = 5\n', "dhcp", "must be a table"),
+    (BASE + '[[dhcp.reservation]]\nmac = "52:54:00:00:00:01"\naddress = "203.0.113.5"\n',
+     "dhcp.reservation[0].address", "in no configured subnet"),
+    (BASE + '[[dhcp.reservation]]\nmac = "nonsense"\naddress = "192.0.2.5"\n',
+     "dhcp.reservation[0].mac", "not a MAC address"),
+    (BASE + '[[dhcp.subnet]]\nnetwork = "192.0.2.128/25"\n', "dhcp.subnet[0].network", "overlaps"),
+    (BASE + '[[dhcp.subnet]]\ngateway = "198.18.0.1"\n', "dhcp.subnet[0].network", "missing"),
+    (BASE + '[menu]\ndefault = "../etc"\n', "menu.default", "not an OS folder name"),
+    (BASE + 'domain = "bad domain!"\n', "domain", "not a valid DNS name"),
+    ('interface = "no-such-if0"\n', "address", "no interface 'no-such-if0'"),
+    (BASE + "[dhcp\n", "(syntax)", ""),
+])
+def test_every_error_names_file_and_key(short_tmp: Path, text: str, key: str,
+                                        problem: str) -> None:
+    path = write(short_tmp, text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    errors = info.value.errors if isinstance(info.value, ConfigErrors) else [info.value]
+    matching = [e for e in errors if e.key == key]
+    assert matching, f"no error for {key}: {info.value}"
+    assert matching[0].file == str(path)
+    assert problem in matching[0].problem
+    assert str(path) in str(info.value) and key in str(info.value)
+
+
+def test_all_errors_are_reported_at_once(short_tmp: Path) -> None:
+    path = write(short_tmp, BASE + 'bogus = 1\n[tftp]\nport = 0\n[http]\nworkers = 0\n')
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert {e.key for e in info.value.errors} == {"bogus", "tftp.port", "http.workers"}
+
+
+def test_missing_file_says_how_to_create_one(short_tmp: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(short_tmp / "nope.toml")
+    assert "astralboot init" in str(info.value)
+
+
+def test_refs_with_a_bad_cid_names_refs_toml(short_tmp: Path) -> None:
+    path = write(short_tmp, BASE)
+    write(short_tmp, 'boot = "not-a-cid"\n', "refs.toml")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.file == str(short_tmp / "refs.toml") and info.value.key == "boot"
+
+
+def test_refs_root_cid_is_read(short_tmp: Path) -> None:
+    cid = "QmfTwcMhWqiRNobAQzfwzWYuLdvNz2wTBSkjeSGkBxEkVf"
+    write(short_tmp, f'boot = "{cid}"\n', "refs.toml")
+    assert load(write(short_tmp, BASE)).ipfs.root == cid
+
+
+def test_defaults_and_derived_values(short_tmp: Path) -> None:
+    config = load(write(short_tmp, BASE))
+    assert config.gateway == IPv4Address("192.0.2.1")
+    assert config.dns == (IPv4Address("192.0.2.1"),)  # the server itself, as in the original
+    assert config.dhcp.local.range_start == IPv4Address("192.0.2.128")
+    assert config.http.public_url == "http://192.0.2.1"
+    assert config.bus.endpoint == f"ipc://{short_tmp}/run/bus.sock"
+    assert config.bus.events == f"ipc://{short_tmp}/run/events.sock"
+    assert config.store.database == f"sqlite:///{short_tmp}/data/astralboot.db"
+    assert "gateway" in config.derived and "address" not in config.derived
+
+
+def test_address_and_network_are_read_from_the_interface(short_tmp: Path) -> None:
+    config = load(write(short_tmp, 'interface = "lo"\n'))
+    assert config.address == IPv4Address("127.0.0.1")
+    assert config.network == IPv4Network("127.0.0.0/8")
+
+
+def test_relative_paths_resolve_against_the_config_folder(short_tmp: Path,
+                                                          tmp_path: Path) -> None:
+    (short_tmp / "etc").mkdir()
+    path = write(short_tmp / "etc", BASE + 'data = "../boot-data"\n[store]\ncache = "c"\n'
+                 'database = "sqlite:///db/leases.db"\n[bus]\nendpoint = "ipc://r/bus.sock"\n')
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        config = load(path)
+    finally:
+        os.chdir(cwd)
+    assert config.data == short_tmp / "etc" / ".." / "boot-data"
+    assert config.store.cache == short_tmp / "etc" / "c"
+    assert config.store.database == f"sqlite:///{short_tmp}/etc/db/leases.db"
+    assert config.bus.endpoint == f"ipc://{short_tmp}/etc/r/bus.sock"
+
+
+def test_tcp_bus_puts_events_on_the_next_port(short_tmp: Path) -> None:
+    config = load(write(short_tmp, BASE + '[bus]\nendpoint = "tcp://192.0.2.1:5555"\n'))
+    assert config.bus.events == "tcp://192.0.2.1:5556"
+    assert not config.bus.is_local
+
+
+def test_postgres_urls_use_psycopg(short_tmp: Path) -> None:
+    config = load(write(short_tmp, BASE + '[store]\ndatabase = "postgresql://u@h/db"\n'))
+    assert config.store.database == "postgresql+psycopg://u@h/db"
+
+
+def test_the_original_servers_config_keys_still_work(short_tmp: Path) -> None:
+    path = write(short_tmp, 'interface = "br0"\nBaseIP = "192.0.2.1"\nDNSServer = "192.0.2.53"\n'
+                 'Domain = "erf"\nIPFS = false\nref = "Qm..."\n')
+    config = load(path)
+    assert config.dns == (IPv4Address("192.0.2.53"),) and config.domain == "erf"
+    assert any("DNSServer" in w for w in config.warnings)
+    assert any("ref" in w and "ignored" in w for w in config.warnings)
+
+
+def test_durations_accept_units(short_tmp: Path) -> None:
+    config = load(write(short_tmp, BASE + '[dhcp]\nlease_time = "12h"\noffer_hold = "45s"\n'))
+    assert config.dhcp.lease_time == 43200 and config.dhcp.offer_hold == 45
+
+
+def test_relayed_subnets_and_reservations(short_tmp: Path) -> None:
+    config = load(write(short_tmp, BASE +
+                        '[[dhcp.subnet]]\nnetwork = "198.18.0.0/16"\ngateway = "198.18.0.1"\n'
+                        'range = "198.18.1.0-198.18.200.255"\n'
+                        '[[dhcp.reservation]]\nmac = "52-54-00-AB-CD-EF"\naddress = "192.0.2.7"\n'
+                        'name = "db1"\nos = "debian"\n'))
+    assert [s.relayed for s in config.dhcp.subnets] == [False, True]
+    assert config.dhcp.subnets[1].name == "198.18.0.0/16"
+    res = config.dhcp.reservations[0]
+    assert (res.mac, str(res.address), res.name, res.os) == ("52:54:00:ab:cd:ef", "192.0.2.7",
+                                                             "db1", "debian")
+
+
+def test_rendered_config_loads_back_to_the_same_settings(short_tmp: Path) -> None:
+    original = load(write(short_tmp, BASE +
+                          'dns = ["192.0.2.53", "192.0.2.54"]\n[dhcp]\nproxy = true\n'
+                          '[[dhcp.subnet]]\nnetwork = "198.18.0.0/16"\n'
+                          '[[dhcp.reservation]]\nmac = "52:54:00:00:00:09"\naddress = "192.0.2.9"\n'
+                          '[http]\nport = 8080\n[menu]\ndefault = "ubuntu"\ntimeout = 0\n'))
+    shown = write(short_tmp, render(original), "shown.toml")
+    again = load(shown)
+    assert dataclasses.replace(again, path=original.path, derived=original.derived) == original
