@@ -1,0 +1,141 @@
+"""Deployment files: systemd units verify cleanly, supervisord runs and revives services."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from astralboot.common.datafolder import create as create_data_folder
+from astralboot.common.lab.netns import Lab
+from astralboot.common.lab.stack import astralboot_argv, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEMD = REPO / "deploy" / "systemd"
+SUPERVISORD = REPO / "deploy" / "supervisord" / "astralboot.conf"
+SERVICES = ("store", "dhcpd", "tftpd", "httpd")
+
+
+def units() -> list[Path]:
+    return sorted(p for p in SYSTEMD.iterdir() if p.suffix in (".service", ".socket", ".target"))
+
+
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    assert shutil.which("systemd-analyze"), "systemd-analyze is installed by run.sh"
+    astralboot = Path(sys.executable).parent / "astralboot"
+    for unit in units():
+        text = unit.read_text().replace("/opt/astralboot/.venv/bin/astralboot", str(astralboot))
+        (tmp_path / unit.name).write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                           *[str(tmp_path / u.name) for u in units()]],
+                          capture_output=True, text=True, cwd=tmp_path)
+    # verify only warns about unknown keys; any output at all is a defect.
+    assert proc.returncode == 0 and proc.stderr.strip() == "" and proc.stdout.strip() == "", \
+        proc.stderr + proc.stdout
+
+
+def _service(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(SYSTEMD / f"astralboot-{name}.service")
+    return parser
+
+
+def test_only_dhcpd_and_tftpd_hold_capabilities() -> None:
+    for name in SERVICES:
+        service = _service(name)["Service"]
+        caps = service.get("AmbientCapabilities", "").split()
+        assert service["User"] == "astralboot", f"{name} must not run as root"
+        assert service.get("NoNewPrivileges") == "yes"
+        assert service.get("ProtectSystem") == "strict"
+        assert service.get("Restart") == "on-failure"
+        assert service.get("RestartPreventExitStatus") == "2"
+        if name in ("dhcpd", "tftpd"):
+            assert "CAP_NET_BIND_SERVICE" in caps
+        else:
+            assert caps == [], f"{name} should need no capability"
+        assert set(caps) <= set(service.get("CapabilityBoundingSet", "").split())
+    socket = configparser.ConfigParser(strict=False, interpolation=None)
+    socket.read(SYSTEMD / "astralboot-httpd.socket")
+    assert socket["Socket"]["ListenStream"] == "80"
+    target = (SYSTEMD / "astralboot.target").read_text()
+    for name in SERVICES:
+        assert f"astralboot-{name}.service" in target
+
+
+def test_every_supervisord_program_runs_an_astralboot_service() -> None:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(SUPERVISORD)
+    programs = {s.split(":", 1)[1]: parser[s] for s in parser.sections()
+                if s.startswith("program:")}
+    assert set(programs) == set(SERVICES)
+    for name, section in programs.items():
+        assert re.search(rf"\s{name} -c ", section["command"])
+        assert section["autorestart"] == "true" and section["stdout_logfile"].endswith(f"{name}.log")
+    assert int(programs["store"]["priority"]) < int(programs["dhcpd"]["priority"])
+
+
+@pytest.mark.netns
+def test_supervisord_runs_all_four_and_revives_a_killed_one(lab: Lab, short_tmp: Path) -> None:
+    config = write_config(short_tmp, interface=lab.bridge, address=lab.server_address,
+                          data=short_tmp / "data")
+    create_data_folder(short_tmp / "data")
+    logs = short_tmp / "logs"
+    logs.mkdir()
+    env = {**os.environ, "ASTRALBOOT": str(Path(sys.executable).parent / "astralboot"),
+           "ASTRALBOOT_CONFIG": str(config), "ASTRALBOOT_LOGS": str(logs)}
+    supervisord = Path(sys.executable).parent / "supervisord"
+    supervisorctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(SUPERVISORD)]
+    proc = lab.server.popen([str(supervisord), "-c", str(SUPERVISORD)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        status = _wait_status(lab, config, ok=True)
+        assert status.returncode == 0, status.stdout + status.stderr
+        pids = _pids(status.stdout)
+        os.kill(pids["dhcpd"], signal.SIGKILL)
+        status = _wait_status(lab, config, ok=True, changed_from=pids)
+        assert status.returncode == 0
+        new = _pids(status.stdout)
+        assert new["dhcpd"] != pids["dhcpd"] and new["store"] == pids["store"]
+        ctl = subprocess.run(supervisorctl + ["status"], env=env, capture_output=True, text=True)
+        assert ctl.stdout.count("RUNNING") == 4, ctl.stdout
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    down = lab.server.run(astralboot_argv("status", "-c", str(config), "--timeout", "1"),
+                          check=False)
+    assert down.returncode == 1
+
+
+def _pids(table: str) -> dict[str, int]:
+    out = {}
+    for line in table.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) > 2 and parts[2].isdigit():
+            out[parts[0]] = int(parts[2])
+    return out
+
+
+def _wait_status(lab: Lab, config: Path, ok: bool,
+                 changed_from: dict[str, int] | None = None,
+                 timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = lab.server.run(astralboot_argv("status", "-c", str(config), "--timeout", "1"),
+                                check=False)
+        pids = _pids(status.stdout)
+        fresh = changed_from is None or (pids.get("dhcpd") and pids["dhcpd"] != changed_from["dhcpd"])
+        if (status.returncode == 0) == ok and fresh:
+            return status
+        if time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
