@@ -1,0 +1,133 @@
+"""Real firmware, power-on to the installer fetching its rendered preseed.
+
+A diskless QEMU guest (SeaBIOS + iPXE ROM, or OVMF with EDK2's own PXE
+client) boots in a namespace against ``astralboot serve`` with the bundled
+Debian folder filled from Debian's netboot installer package. The tests
+assert on what the server recorded: the boot events for that MAC in order,
+and the lease in the database.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from astralboot.common.bus.client import SyncBusClient
+from astralboot.common.bus.events import EventSubscriber
+from astralboot.common.config import Config, load
+from astralboot.common.datafolder import create as create_data_folder
+from astralboot.common.lab.boot import ServeProcess, Timeline, wait_for_stage
+from astralboot.common.lab.guest import Guest, stop
+from astralboot.common.lab.netns import Lab
+from astralboot.common.lab.stack import write_config
+from astralboot.common.messages import (EventList, EventListReply, LeaseLookup, LeaseReply,
+                                        MachineSet)
+
+pytestmark = [pytest.mark.netns, pytest.mark.qemu]
+
+BOOT_TIMEOUT = 900  # TCG on a busy 2-core machine; the installer start-up dominates
+
+
+@pytest.fixture(scope="module")
+def data_folder() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="ab-e2e-data-"))
+    create_data_folder(folder)
+    for needed in ("boot/debian/images/linux", "boot/debian/images/initrd.gz",
+                   "tftp/undionly.kpxe", "tftp/snponly.efi"):
+        assert (folder / needed).exists(), f"{needed} not filled from the Debian packages"
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mac() -> str:
+    return "52:54:00:" + ":".join(secrets.token_hex(1) for _ in range(3))
+
+
+def _boot(lab: Lab, work: Path, data: Path, firmware: str, assign: str | None,
+          ) -> tuple[Timeline, Config, str]:
+    mac = _mac()
+    tap = lab.add_tap()
+    config = load(write_config(work, interface=lab.bridge, address=lab.server_address,
+                               data=data, extra={"menu.timeout": 2}))
+    guest = Guest(firmware=firmware, mac=mac, tap=tap, workdir=work)  # type: ignore[arg-type]
+    with ServeProcess(config, lab.server, work / "serve.log") as serve:
+        if assign:
+            with SyncBusClient(config.bus.endpoint) as bus:
+                bus.call(MachineSet(mac=mac, os=assign))
+        with EventSubscriber(config.bus.events, mac) as sub:
+            time.sleep(0.3)
+            timeline = Timeline(powered_on=time.time())
+            proc = guest.start(lab.server)
+            try:
+                wait_for_stage(sub, timeline, "http.template", BOOT_TIMEOUT,
+                               alive=lambda: proc.poll() is None)
+            except Exception as exc:
+                raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}\n"
+                                     f"--- serve ---\n{serve.tail()}") from None
+            finally:
+                stop(proc)
+        recorded = _recorded(config, mac)
+    return recorded, config, mac
+
+
+def _recorded(config: Config, mac: str) -> Timeline:
+    """The events the store kept for this MAC (not just what was streamed)."""
+    with SyncBusClient(config.bus.endpoint) as bus:
+        reply = bus.call(EventList(mac=mac))
+        assert isinstance(reply, EventListReply)
+        lease = bus.call(LeaseLookup(mac=mac))
+        assert isinstance(lease, LeaseReply)
+    assert lease.lease.state == "bound"
+    timeline = Timeline(powered_on=reply.events[0].time if reply.events else 0.0,
+                        events=list(reply.events))
+    timeline.lease = lease  # type: ignore[attr-defined]
+    return timeline
+
+
+def _in_order(stages: list[str], expected: list[str]) -> bool:
+    """``expected`` appears in ``stages`` as a subsequence."""
+    it = iter(stages)
+    return all(any(s == e for s in it) for e in expected)
+
+
+def _check_lease(timeline: Timeline, config: Config) -> None:
+    from ipaddress import IPv4Address
+    lease = timeline.lease.lease  # type: ignore[attr-defined]
+    assert config.dhcp.local.in_range(IPv4Address(lease.ip))
+    acks = [e for e in timeline.events if e.stage == "dhcp.ack"]
+    assert acks and all(e.ip == lease.ip for e in acks)  # firmware, iPXE and installer agree
+
+
+def test_bios_guest_goes_through_the_menu_default_to_the_preseed(lab: Lab, short_tmp: Path,
+                                                                 data_folder: Path) -> None:
+    timeline, config, mac = _boot(lab, short_tmp, data_folder, "bios", assign=None)
+    stages = timeline.stages()
+    assert _in_order(stages, ["dhcp.ack", "http.script", "http.script", "http.image",
+                              "http.image", "dhcp.ack", "http.template"]), stages
+    assert "tftp.sent" not in stages  # the e1000 ROM is iPXE already
+    scripts = [e.detail for e in timeline.events if e.stage == "http.script"]
+    assert "/choose" in scripts[0] and f"/choose/debian/{mac}" in scripts[1], scripts
+    images = [e.detail for e in timeline.events if e.stage == "http.image"]
+    assert any("linux" in d for d in images) and any("initrd.gz" in d for d in images)
+    template = timeline.first("http.template")
+    assert template is not None and "preseed" in template.detail
+    _check_lease(timeline, config)
+
+
+def test_uefi_guest_with_an_assigned_os_boots_straight_into_it(lab: Lab, short_tmp: Path,
+                                                               data_folder: Path) -> None:
+    timeline, config, mac = _boot(lab, short_tmp, data_folder, "uefi", assign="debian")
+    stages = timeline.stages()
+    assert _in_order(stages, ["dhcp.ack", "tftp.sent", "dhcp.ack", "http.script",
+                              "http.image", "http.image", "dhcp.ack", "http.template"]), stages
+    tftp = timeline.first("tftp.sent")
+    assert tftp is not None and "snponly.efi" in tftp.detail
+    scripts = [e.detail for e in timeline.events if e.stage == "http.script"]
+    assert len(scripts) == 1 and f"/boot/debian/{mac}" in scripts[0], scripts  # no menu
+    _check_lease(timeline, config)
