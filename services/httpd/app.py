@@ -1,0 +1,153 @@
+"""The falcon application: :func:`create_app` wires resources to a store.
+
+``create_app(store, config)`` is all a test needs (with a fake store) and
+all gunicorn runs (with :class:`~astralboot.services.httpd.store.BusStore`).
+Domain errors are mapped to HTTP once, here: a store that does not answer
+or cannot reach its content is 503 with Retry-After, never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import falcon
+
+from ...common.bus.events import HTTP_IMAGE
+from ...common.config import Config
+from ...common.errors import AstralBootError, BusTimeout, ErrorCode, RemoteError
+from . import actions, api, boot, images, menus
+from .catalog import Catalog, Directory
+from .metrics import Metrics, MetricsMiddleware, MetricsResource
+from .reporting import Reporter
+from .store import StoreClient
+from .templates import TemplateError
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER = 5  # seconds; a store restart or an IPFS hiccup
+
+# URI template → the route label metrics use
+ROUTES = {
+    "/choose": "menu",
+    "/choose/{os}/{mac}": "choose",
+    "/class/{os}/{mac}": "class",
+    "/setclass/{os}/{cls}/{mac}": "setclass",
+    "/boot/{os}/{mac}": "boot",
+    "/image/{os}/{path:path}": "image",
+    "/bin/{path:path}": "bin",
+    "/tftp/{path:path}": "tftp",
+    "/action/{os}/{name}": "action",
+    "/config/{os}/{name}": "config",
+    "/api/machines": "api",
+    "/api/machines/{mac}": "api",
+    "/api/leases": "api",
+    "/api/events": "api",
+    "/api/content": "api",
+    "/api/health": "health",
+    "/metrics": "metrics",
+}
+
+_REMOTE_STATUS = {
+    ErrorCode.NOT_FOUND: falcon.HTTP_404,
+    ErrorCode.BAD_REQUEST: falcon.HTTP_400,
+    ErrorCode.CONFLICT: falcon.HTTP_409,
+    ErrorCode.UNAVAILABLE: falcon.HTTP_503,
+    ErrorCode.POOL_EXHAUSTED: falcon.HTTP_503,
+    ErrorCode.INTERNAL: falcon.HTTP_502,
+}
+
+
+def _unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception,
+                 params: dict[str, Any]) -> None:
+    log.warning("%s %s: store unavailable: %s", req.method, req.path, ex)
+    raise falcon.HTTPServiceUnavailable(title="store unavailable", description=str(ex),
+                                        retry_after=RETRY_AFTER)
+
+
+def _remote(req: falcon.Request, resp: falcon.Response, ex: RemoteError,
+            params: dict[str, Any]) -> None:
+    status = _REMOTE_STATUS[ex.code]
+    if status == falcon.HTTP_503:
+        _unavailable(req, resp, ex, params)
+    if status == falcon.HTTP_502:
+        log.error("%s %s: store error: %s", req.method, req.path, ex)
+    raise falcon.HTTPError(status, title=ex.code.value, description=ex.detail)
+
+
+def _bad_input(req: falcon.Request, resp: falcon.Response, ex: boot.BadInput,
+               params: dict[str, Any]) -> None:
+    raise falcon.HTTPBadRequest(title="bad request", description=str(ex))
+
+
+def _template(req: falcon.Request, resp: falcon.Response, ex: TemplateError,
+              params: dict[str, Any]) -> None:
+    log.error("%s %s: %s", req.method, req.path, ex)
+    raise falcon.HTTPInternalServerError(title="template error", description=str(ex))
+
+
+class HttpdApp(falcon.App):
+    """falcon's App plus handles on the parts tests and the runner look at."""
+
+    reporter: Reporter
+    catalog: Catalog
+    directory: Directory
+    metrics: Metrics
+
+
+def create_app(store: StoreClient, config: Config, *, metrics: Metrics | None = None,
+               catalog: Catalog | None = None, directory: Directory | None = None) -> HttpdApp:
+    metrics = metrics or Metrics()
+    catalog = catalog or Catalog(store)
+    directory = directory or Directory(store)
+    reporter = Reporter(store, directory.mac_for_ip, metrics.stage)
+
+    app = HttpdApp(middleware=[MetricsMiddleware(metrics, ROUTES)])
+    app.req_options.strip_url_path_trailing_slash = False
+    app.reporter, app.catalog, app.directory, app.metrics = reporter, catalog, directory, metrics
+
+    maker = menus.ScriptMaker(config, catalog, directory)
+    assign = menus.AssignResource(catalog, directory, maker, reporter)
+    app.add_route("/choose", menus.ChooseResource(config, catalog, reporter))
+    app.add_route("/choose/{os}/{mac}", assign)
+    app.add_route("/class/{os}/{mac}", menus.ClassMenuResource(config, catalog, reporter))
+    app.add_route("/setclass/{os}/{cls}/{mac}", assign)
+    app.add_route("/boot/{os}/{mac}", menus.BootResource(catalog, directory, maker, reporter))
+
+    app.add_route("/image/{os}/{path:path}",
+                  images.FileResource(catalog, reporter, images.image_folder))
+    app.add_route("/bin/{path:path}", images.FileResource(catalog, reporter, lambda p: "bin/"))
+    app.add_route("/tftp/{path:path}", images.FileResource(catalog, reporter, lambda p: "tftp/",
+                                                           HTTP_IMAGE))
+
+    app.add_route("/action/{os}/{name}",
+                  actions.TemplateResource(config, catalog, directory, reporter, classed=False))
+    app.add_route("/config/{os}/{name}",
+                  actions.TemplateResource(config, catalog, directory, reporter, classed=True))
+
+    app.add_route("/api/machines", api.MachinesResource(store))
+    app.add_route("/api/machines/{mac}", api.MachineResource(catalog, directory))
+    app.add_route("/api/leases", api.LeasesResource(store))
+    app.add_route("/api/events", api.EventsResource(store))
+    app.add_route("/api/content", api.ContentResource(store))
+    app.add_route("/api/health", api.HealthResource(config, store, lambda: _details(reporter)))
+    app.add_route("/metrics", MetricsResource(metrics, lambda: _lease_counts(store)))
+
+    app.add_error_handler(BusTimeout, _unavailable)
+    app.add_error_handler(RemoteError, _remote)
+    app.add_error_handler(boot.BadInput, _bad_input)
+    app.add_error_handler(TemplateError, _template)
+    return app
+
+
+def _details(reporter: Reporter) -> dict[str, str | int | float | bool]:
+    return {f"events.{k}": v for k, v in reporter.stats.items()}
+
+
+def _lease_counts(store: StoreClient) -> Counter[str] | None:
+    try:
+        return Counter(lease.state for lease in store.leases())
+    except AstralBootError as exc:
+        log.warning("metrics: no lease counts: %s", exc)
+        return None

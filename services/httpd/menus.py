@@ -1,0 +1,158 @@
+"""The iPXE side: menus, OS and class assignment, per-machine boot scripts.
+
+URLs of the original server, kept working:
+
+- ``/choose``: the OS menu;
+- ``/choose/<os>/<mac>``: assign the OS, then its start script;
+- ``/class/<os>/<mac>`` and ``/setclass/<os>/<class>/<mac>``: the class menu
+  and assigning a class (with its OS), then the start script;
+- ``/boot/<os>/<mac>``: the machine's start script, or its local disk once
+  a boot-once install is done.
+"""
+
+from __future__ import annotations
+
+import falcon
+
+from ...common.bus.events import HTTP_SCRIPT
+from ...common.config import Config
+from ...common.messages import MachineRecord
+from . import boot, scripts
+from .actions import cluster_for
+from .cache import Lru
+from .catalog import Catalog, Directory, not_found
+from .context import template_context
+from .reporting import Reporter
+from .templates import TemplateError
+
+SCRIPT_TYPE = "text/plain; charset=utf-8"
+
+
+class ScriptMaker:
+    """Renders OS start scripts; identical inputs give the cached text."""
+
+    def __init__(self, config: Config, catalog: Catalog, directory: Directory) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.directory = directory
+        self._rendered: Lru[tuple[object, ...], str] = Lru(8192)
+
+    def start(self, os: str, mac: str, ip: str | None, machine: MachineRecord | None) -> str:
+        template = self.catalog.template(os, "start")
+        if template is None:
+            raise not_found(f"boot/{os}/template/start.tmpl")
+        cacheable = not (template.needs_lease or template.needs_cluster)
+        key = (template.path, template.digest, repr(machine), mac, ip)
+        if cacheable:
+            hit = self._rendered.get(key)
+            if hit is not None:
+                return hit
+        lease = None
+        if template.needs_lease and ip:
+            found = self.directory.lease_for_ip(ip)
+            lease = found.lease if found else None
+        cluster = cluster_for(self.catalog, self.directory, os) if template.needs_cluster else None
+        ctx = template_context(self.config, os, mac=mac, ip=ip, machine=machine, lease=lease,
+                               cluster=cluster)
+        try:
+            text = scripts.check_script(template.render(ctx))
+        except ValueError as exc:
+            raise TemplateError(template.path, str(exc)) from None
+        if cacheable:
+            self._rendered.put(key, text)
+        return text
+
+
+def _script(resp: falcon.Response, text: str) -> None:
+    resp.content_type = SCRIPT_TYPE
+    resp.cache_control = ["no-store"]
+    resp.text = text
+
+
+class ChooseResource:
+    """``/choose``: one entry per OS folder, local disk, iPXE shell; default after a timeout."""
+
+    def __init__(self, config: Config, catalog: Catalog, reporter: Reporter) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.reporter = reporter
+        self._cache: Lru[tuple[object, ...], str] = Lru(16)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        oses = self.catalog.oses()
+        key = tuple(oses)
+        text = self._cache.get(key)
+        if text is None:
+            menu = self.config.menu
+            text = self._cache.put(key, scripts.menu(
+                "AstralBoot: choose what ${netX/mac} boots",
+                boot.os_menu(oses, self.config.http.public_url),
+                boot.menu_default(oses, menu.default), menu.timeout))
+        _script(resp, text)
+        self.reporter.report(HTTP_SCRIPT, None, req.remote_addr, "menu")
+
+
+class ClassMenuResource:
+    """``/class/<os>/<mac>``: the classes of ``classes.toml``."""
+
+    def __init__(self, config: Config, catalog: Catalog, reporter: Reporter) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.reporter = reporter
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, os: str, mac: str) -> None:
+        mac = boot.check_mac(mac)
+        info = self.catalog.os(boot.check_os(os))
+        entries = boot.class_menu(info, self.config.http.public_url)
+        default = entries[0].key if entries else None
+        title = f"{scripts.ipxe_text(info.description)}: choose a class for {mac}"
+        _script(resp, scripts.menu(title, entries, default, self.config.menu.timeout))
+        self.reporter.report(HTTP_SCRIPT, mac, req.remote_addr, f"{info.name} classes")
+
+
+class AssignResource:
+    """``/choose/<os>/<mac>`` and ``/setclass/<os>/<class>/<mac>``: record, then boot."""
+
+    def __init__(self, catalog: Catalog, directory: Directory, maker: ScriptMaker,
+                 reporter: Reporter) -> None:
+        self.catalog = catalog
+        self.directory = directory
+        self.maker = maker
+        self.reporter = reporter
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, os: str, mac: str,
+               cls: str | None = None) -> None:
+        mac = boot.check_mac(mac)
+        info = self.catalog.os(boot.check_os(os))
+        if cls is not None:
+            boot.check_class(cls)
+            if cls not in info.classes:
+                raise falcon.HTTPNotFound(title="unknown class",
+                                          description=f"{info.name} has no class {cls!r}")
+        machine = self.directory.machine(mac)
+        machine = self.directory.set(boot.assign(mac, machine, info, cls))
+        _script(resp, self.maker.start(info.name, mac, req.remote_addr, machine))
+        what = f"{info.name}/{cls}" if cls else info.name
+        self.reporter.report(HTTP_SCRIPT, mac, req.remote_addr, f"{what} chosen")
+
+
+class BootResource:
+    """``/boot/<os>/<mac>``: what dhcpd hands a machine that has an OS."""
+
+    def __init__(self, catalog: Catalog, directory: Directory, maker: ScriptMaker,
+                 reporter: Reporter) -> None:
+        self.catalog = catalog
+        self.directory = directory
+        self.maker = maker
+        self.reporter = reporter
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, os: str, mac: str) -> None:
+        mac = boot.check_mac(mac)
+        os = boot.check_os(os)
+        machine = self.directory.machine(mac)
+        if boot.next_boot(machine) == boot.DISK:
+            _script(resp, scripts.local_boot())
+            self.reporter.report(HTTP_SCRIPT, mac, req.remote_addr, "local disk")
+            return
+        _script(resp, self.maker.start(os, mac, req.remote_addr, machine))
+        self.reporter.report(HTTP_SCRIPT, mac, req.remote_addr, f"{os}/start")

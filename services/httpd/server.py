@@ -1,0 +1,116 @@
+"""``astralboot httpd``: the falcon app under gunicorn, until SIGINT/SIGTERM.
+
+The listening socket is bound here, before gunicorn starts, so "port in
+use" and "permission denied" become a :class:`StartupError` with the reason
+(exit status 2) instead of gunicorn's retry loop; gunicorn takes the socket
+over as ``fd://N``. The app is built once in the master (``preload_app``)
+and forked into ``http.workers`` processes of ``http.threads`` threads each:
+gthread workers keep connections alive and a long image download never
+looks like a stuck worker (a sync worker would be killed after its timeout
+on a slow link). Each worker opens its own bus socket after the fork.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from ...common.bus.client import SyncBusClient
+from ...common.config import Config
+from ...common.errors import StartupError
+from .app import create_app
+from .metrics import Metrics
+from .store import BusStore
+
+log = logging.getLogger(__name__)
+
+WORKER_CLASS = "gthread"  # measured in bench/http.py against sync
+KEEPALIVE = 15            # seconds an idle client connection stays open
+BACKLOG = 2048
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, app: Any, options: dict[str, Any]) -> None:
+        self._app = app
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self._app
+
+
+def listen(bind: str, port: int) -> socket.socket:
+    """The listening socket, or StartupError saying why there is none."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        reason = {
+            errno.EADDRINUSE: "address already in use",
+            errno.EACCES: "permission denied (ports below 1024 need root or "
+                          "CAP_NET_BIND_SERVICE)",
+            errno.EADDRNOTAVAIL: "address not available on this host",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
+        raise StartupError("httpd", f"cannot listen on {bind}:{port}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def options(config: Config, fd: int, *, worker_class: str = WORKER_CLASS,
+            workers: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    level = {"trace": "debug"}.get(config.log_level, config.log_level)
+    return {
+        "bind": [f"fd://{fd}"],
+        "workers": workers or config.http.workers,
+        "threads": threads or config.http.threads,
+        "worker_class": worker_class,
+        "keepalive": KEEPALIVE,
+        "backlog": BACKLOG,
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "preload_app": True,
+        # "sendfile" stays unset: gunicorn reads any value given to it, True
+        # included, as --no-sendfile.
+        "proc_name": "astralboot-httpd",
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": level,
+        "worker_tmp_dir": "/dev/shm",
+        "control_socket_disable": True,  # several httpd may share a host and a home folder
+    }
+
+
+def run(config: Config, **overrides: Any) -> int:
+    sock = listen(config.http.bind, config.http.port)
+    master = os.getpid()
+    try:
+        metrics = Metrics.prepare(config.runtime_dir / f"httpd-{config.http.port}.metrics")
+        bus = SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline)
+        app = create_app(BusStore(bus, config.store.cache), config, metrics=metrics)
+        log.info("httpd on %s:%d (public URL %s), %s workers x %s threads, store at %s",
+                 config.http.bind, config.http.port, config.http.public_url,
+                 overrides.get("workers") or config.http.workers,
+                 overrides.get("threads") or config.http.threads, config.bus.endpoint)
+        fd = os.dup(sock.fileno())  # gunicorn owns (and closes) this one
+        os.set_inheritable(fd, True)
+        try:
+            _Gunicorn(app, options(config, fd, **overrides)).run()
+        except SystemExit as exc:  # the arbiter (or a worker) exits when it has stopped
+            return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        return 0
+    finally:
+        if os.getpid() == master:
+            sock.close()
