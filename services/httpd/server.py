@@ -69,6 +69,32 @@ def listen(bind: str, port: int) -> socket.socket:
     return sock
 
 
+SD_LISTEN_FDS_START = 3
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening socket systemd handed over (astralboot-httpd.socket), if any.
+
+    With socket activation systemd binds port 80 itself, so httpd runs with
+    no capability at all. The variables are removed so gunicorn, which also
+    reads them, does not take the socket a second time.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if count < 1:
+        return None
+    if count > 1:
+        log.warning("systemd passed %d sockets; serving on the first", count)
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.type != socket.SOCK_STREAM:
+        raise StartupError("httpd", "the socket systemd passed is not a stream socket")
+    sock.set_inheritable(True)
+    return sock
+
+
 def options(config: Config, fd: int, *, worker_class: str = WORKER_CLASS,
             workers: int | None = None, threads: int | None = None) -> dict[str, Any]:
     level = {"trace": "debug"}.get(config.log_level, config.log_level)
@@ -94,7 +120,11 @@ def options(config: Config, fd: int, *, worker_class: str = WORKER_CLASS,
 
 
 def run(config: Config, **overrides: Any) -> int:
-    sock = listen(config.http.bind, config.http.port)
+    sock = inherited_socket()
+    if sock is not None:
+        log.info("serving on the socket systemd passed (%s)", sock.getsockname())
+    else:
+        sock = listen(config.http.bind, config.http.port)
     master = os.getpid()
     try:
         metrics = Metrics.prepare(config.runtime_dir / f"httpd-{config.http.port}.metrics")

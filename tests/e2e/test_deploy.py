@@ -139,3 +139,32 @@ def _wait_status(lab: Lab, config: Path, ok: bool,
         if time.monotonic() > deadline:
             return status
         time.sleep(0.5)
+
+
+@pytest.mark.netns
+def test_httpd_takes_port_80_from_systemd_socket_activation(lab: Lab, short_tmp: Path) -> None:
+    """The systemd setup: port 80 bound by astralboot-httpd.socket, not by httpd."""
+    from astralboot.common.lab.stack import Stack
+    config = write_config(short_tmp, interface=lab.bridge, address=lab.server_address,
+                          data=short_tmp / "data", http_port=8081)
+    create_data_folder(short_tmp / "data")
+    with Stack(config, services=("store",), netns=lab.server):
+        httpd = lab.server.popen(["systemd-socket-activate", "-l", "192.0.2.1:80",
+                                  *astralboot_argv("httpd", "-c", str(config))],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            # The first connection starts httpd; it waits in the socket's backlog meanwhile.
+            health = lab.server.run(["curl", "-sS", "--max-time", "60",
+                                     "http://192.0.2.1/api/health"], check=False)
+            menu = lab.server.run(["curl", "-sS", "--max-time", "20",
+                                   "http://192.0.2.1/choose"], check=False)
+            own_port = lab.server.run(["curl", "-sS", "--max-time", "5",
+                                       "http://192.0.2.1:8081/api/health"], check=False)
+        finally:
+            os.killpg(httpd.pid, signal.SIGTERM)
+            httpd.wait(timeout=30)
+    assert '"service": "httpd"' in health.stdout or '"service":"httpd"' in health.stdout, \
+        health.stdout + health.stderr
+    assert menu.stdout.startswith("#!ipxe")
+    assert own_port.returncode != 0  # it did not bind a socket of its own
