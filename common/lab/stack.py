@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import render_settings
+from ..config import load, render_settings
+from ..health import check
 from ..errors import AstralBootError
 from .netns import Namespace
 
@@ -125,10 +126,17 @@ class Stack:
             if proc.poll() is not None:
                 raise StackError(f"{name} exited with {proc.returncode} while starting:\n"
                                  f"{self.log_tail(name)}")
-            result = self.cli("status", "--service", name, "--timeout", "1", check=False)
-            if result.returncode == 0:
-                return
-            last = result.stdout + result.stderr
+            if name != "httpd" or self.netns is None:
+                # Bus and control sockets are files, reachable from any namespace.
+                health = check(load(self.config), name, timeout=1.0)
+                if health.ready:
+                    return
+                last = health.error or health.status
+            else:
+                result = self.cli("status", "--service", name, "--timeout", "1", check=False)
+                if result.returncode == 0:
+                    return
+                last = result.stdout + result.stderr
             time.sleep(0.2)
         raise StackError(f"{name} not ready after {self.ready_timeout}s:\n{last}\n"
                          f"{self.log_tail(name)}")
