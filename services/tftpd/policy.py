@@ -1,0 +1,161 @@
+"""What the server does with a request; decisions only, no sockets.
+
+:class:`ReadService` turns an RRQ into a :class:`Transfer` or the ERROR
+that refuses it, asking an injected :class:`ContentSource`.
+:class:`SessionTable` decides who may start a transfer: a cap on sessions,
+a cap per client address (so one noisy machine cannot starve a rack that
+boots at once), and what a second RRQ from the same address and port means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import Counter
+from typing import Generic, Iterator, Protocol, TypeVar
+
+from astralboot.common.errors import ErrorCode as StoreCode
+
+from .files import ContentError, ContentSource
+from .options import Limits, negotiate
+from .packets import (Ack, Data, Error, ErrorCode, Mode, OptionAck, Packet, ReadRequest,
+                      WriteRequest, encode_error, to_netascii)
+from .paths import store_path
+from .transfer import Address, Transfer
+
+NETASCII_MAX = 64 << 20  # converted in memory; text files are small
+
+READ_ONLY = encode_error(ErrorCode.ACCESS_VIOLATION, "this server is read-only")
+UNKNOWN_TID = encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")
+
+# What the listening port answers to packets that start no transfer.
+_STRAY_ANSWERS: dict[type, bytes | None] = {
+    WriteRequest: READ_ONLY,
+    Data: UNKNOWN_TID,
+    Ack: UNKNOWN_TID,
+    OptionAck: UNKNOWN_TID,
+    Error: None,  # never answer an error
+}
+
+_FROM_STORE = {
+    StoreCode.NOT_FOUND: ErrorCode.FILE_NOT_FOUND,
+    StoreCode.BAD_REQUEST: ErrorCode.ACCESS_VIOLATION,
+}
+
+
+def stray_answer(packet: Packet) -> bytes | None:
+    """The ERROR for a packet that is not an RRQ, or None to stay silent."""
+    return _STRAY_ANSWERS.get(type(packet))
+
+
+def refusal_for(exc: ContentError) -> Error:
+    code = _FROM_STORE.get(exc.code, ErrorCode.NOT_DEFINED)
+    if code is ErrorCode.FILE_NOT_FOUND:
+        return Error(code, "file not found")
+    if code is ErrorCode.ACCESS_VIOLATION:
+        return Error(code, f"access violation: {exc.detail}"[:200])
+    return Error(code, f"content unavailable: {exc.detail}"[:200])
+
+
+class ReadService:
+    """RRQ in, transfer or refusal out."""
+
+    def __init__(self, content: ContentSource, limits: Limits, *, retries: int) -> None:
+        self.content = content
+        self.limits = limits
+        self.retries = retries
+
+    async def open(self, request: ReadRequest, peer: Address) -> Transfer | Error:
+        if request.mode is Mode.MAIL:
+            return Error(ErrorCode.ILLEGAL_OPERATION, "mail mode is not supported")
+        path = store_path(request.filename)
+        if isinstance(path, Error):
+            return path
+        try:
+            blob = await self.content.open(path)
+        except ContentError as exc:
+            return refusal_for(exc)
+        data: bytes | memoryview = memoryview(blob.data)
+        if request.mode is Mode.NETASCII:
+            if blob.size > NETASCII_MAX:
+                return Error(ErrorCode.NOT_DEFINED, "file too large for netascii; use octet")
+            data = await asyncio.to_thread(to_netascii, data)
+        negotiated = negotiate(request.options, len(data), self.limits)
+        return Transfer(peer, data, negotiated, retries=self.retries)
+
+
+class Verdict(enum.Enum):
+    ADMIT = "admit"
+    DUPLICATE = "duplicate"  # the client sent its RRQ again: the session answers it
+    REPLACE = "replace"  # a new request from the same port: end the old session
+    BUSY = "busy"  # too many sessions overall
+    CLIENT_BUSY = "client_busy"  # too many sessions for this client address
+
+
+class SessionLike(Protocol):
+    @property
+    def request(self) -> ReadRequest: ...
+
+    @property
+    def started(self) -> bool: ...
+
+
+S = TypeVar("S", bound=SessionLike)
+
+
+class SessionTable(Generic[S]):
+    """The live sessions, by client address and port."""
+
+    def __init__(self, max_sessions: int, per_client: int) -> None:
+        self.max_sessions = max_sessions
+        self.per_client = per_client
+        self._sessions: dict[Address, S] = {}
+        self._per_ip: Counter[str] = Counter()
+
+    def consider(self, peer: Address, request: ReadRequest) -> tuple[Verdict, S | None]:
+        """May ``peer`` start a transfer? Returns the verdict and any existing session.
+
+        A busy verdict is answered with silence: the client sends its RRQ
+        again after its own timeout, by when a session may have ended.
+        """
+        existing = self._sessions.get(peer)
+        if existing is not None:
+            # Same request, nothing acknowledged yet: a retransmitted RRQ.
+            # Anything else (a UEFI client's real RRQ overtaking its ERROR 8,
+            # a restarted client) supersedes the old session.
+            if existing.request == request and not existing.started:
+                return Verdict.DUPLICATE, existing
+            return Verdict.REPLACE, existing
+        if len(self._sessions) >= self.max_sessions:
+            return Verdict.BUSY, None
+        if self._per_ip[peer[0]] >= self.per_client:
+            return Verdict.CLIENT_BUSY, None
+        return Verdict.ADMIT, None
+
+    def add(self, peer: Address, session: S) -> None:
+        if peer in self._sessions:
+            raise KeyError(f"{peer} already has a session")
+        self._sessions[peer] = session
+        self._per_ip[peer[0]] += 1
+
+    def remove(self, peer: Address, session: S) -> bool:
+        """Forget ``session`` if it is still the one for ``peer``."""
+        if self._sessions.get(peer) is not session:
+            return False
+        del self._sessions[peer]
+        self._per_ip[peer[0]] -= 1
+        if not self._per_ip[peer[0]]:
+            del self._per_ip[peer[0]]
+        return True
+
+    def get(self, peer: Address) -> S | None:
+        return self._sessions.get(peer)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[S]:
+        return iter(list(self._sessions.values()))
+
+    def clients(self) -> int:
+        return len(self._per_ip)

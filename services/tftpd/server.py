@@ -1,0 +1,482 @@
+"""tftpd's I/O: the UDP sockets, the timers and the bus; no decisions.
+
+The listening socket (port 69) takes requests. Each transfer gets its own
+socket on an ephemeral port, or, in single-port mode for NAT'd networks,
+shares the listening socket and is found by the client's address and port.
+Sockets are read with ``add_reader`` and written with plain ``sendto``: one
+ACK in, one window out, no per-packet tasks or futures. Each session has at
+most one asyncio timer, moved lazily: it fires, the transfer checks its own
+deadline, and it is set again for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+import socket
+from collections import Counter
+from typing import Callable
+
+from astralboot.common import netif
+from astralboot.common.bus.events import TFTP_FAILED, TFTP_SENT
+from astralboot.common.config import Config, TftpConfig
+from astralboot.common.errors import AstralBootError, StartupError
+from astralboot.common.frontend import FrontEnd
+from astralboot.common.frontend import run as run_frontend
+from astralboot.common.messages import LeaseLookup, LeaseReply
+
+from .files import StoreContent
+from .options import Limits
+from .packets import (Error, ErrorCode, ReadRequest, TftpProtocolError, WriteRequest, ack_block,
+                      decode, encode_error)
+from .policy import ReadService, SessionTable, Verdict, stray_answer
+from .transfer import Address, State, Transfer
+
+log = logging.getLogger(__name__)
+
+SERVICE = "tftpd"
+RECV_SIZE = 4096  # requests are at most 512 bytes (RFC 2347); ACKs 4
+READ_BATCH = 64  # datagrams read per wake-up before others get a turn
+LISTEN_BUFFER = 4 << 20
+SEND_BUFFER = 1 << 20
+INTERNAL_ERROR = Error(ErrorCode.NOT_DEFINED, "internal server error")
+# Linux values; the socket module does not name them.
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def _set_buffer(sock: socket.socket, option: int, forced: int, size: int) -> None:
+    # As root, *BUFFORCE goes past net.core.[rw]mem_max.
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, forced, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def _bind_error(exc: OSError, address: str, port: int) -> StartupError:
+    reason = {
+        errno.EADDRINUSE: f"UDP port {port} on {address} is in use by another program "
+                          "(another TFTP server, or dnsmasq with enable-tftp?)",
+        errno.EACCES: f"binding UDP port {port} needs root or CAP_NET_BIND_SERVICE",
+        errno.EADDRNOTAVAIL: f"{address} is not an address of this host",
+    }.get(exc.errno or 0, f"cannot bind UDP {address}:{port}: {exc.strerror}")
+    return StartupError(SERVICE, reason)
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Room for a socket per session (the soft limit is often 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit to %d: %s", limit, exc)
+
+
+def _printable(name: bytes) -> str:
+    """A client's file name as it can go into a log line or an event."""
+    text = name.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class Session:
+    """One client's transfer and the I/O that carries it."""
+
+    __slots__ = ("peer", "request", "name", "transfer", "sock", "timer", "opening")
+
+    def __init__(self, peer: Address, request: ReadRequest) -> None:
+        self.peer = peer
+        self.request = request
+        self.name = _printable(request.filename)
+        self.transfer: Transfer | None = None
+        self.sock: socket.socket | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.opening: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.transfer is not None and self.transfer.started
+
+
+class Reporter:
+    """Boot events for finished transfers, with the MAC found from the lease.
+
+    TFTP carries no MAC, so after a transfer (never on its hot path) the
+    store is asked whose lease holds the client's address. Lookups are
+    shared and remembered for a minute: a rack booting at once asks once per
+    machine. Events are kept per machine, so an address with no lease (a
+    host with a static address) has no machine to report to: the event is
+    skipped and counted (``events.no_lease``) instead of being sent for the
+    store to drop.
+    """
+
+    TTL = 60.0
+
+    def __init__(self, fe: FrontEnd) -> None:
+        self._fe = fe
+        self._macs: dict[str, tuple[float, asyncio.Future[str]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def report(self, stage: str, ip: str, detail: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._report(stage, ip, detail))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _report(self, stage: str, ip: str, detail: str) -> None:
+        mac = await self._mac_of(ip)
+        if not mac:
+            self._fe.stats["events.no_lease"] += 1
+            log.info("%s for %s not reported: no lease holds that address", stage, ip)
+            return
+        self._fe.report(stage, mac, ip, detail)
+
+    async def _mac_of(self, ip: str) -> str:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        known = self._macs.get(ip)
+        if known is None or known[0] < now:
+            if len(self._macs) > 4096:
+                self._macs = {k: v for k, v in self._macs.items() if v[0] >= now}
+            known = (now + self.TTL, loop.create_task(self._lookup(ip)))
+            self._macs[ip] = known
+        try:
+            return await asyncio.shield(known[1])
+        except AstralBootError as exc:
+            if self._macs.get(ip) is known:
+                del self._macs[ip]  # a failure is not remembered
+            log.warning("cannot look up the lease of %s: %s", ip, exc)
+            return ""
+
+    async def _lookup(self, ip: str) -> str:
+        reply = await self._fe.bus.request(LeaseLookup(ip=ip))
+        return reply.lease.mac if isinstance(reply, LeaseReply) else ""
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+class TftpServer:
+    """Sockets and timers around :class:`ReadService` and the transfers."""
+
+    def __init__(self, settings: TftpConfig, address: str, service: ReadService, *,
+                 stats: Counter[str] | None = None,
+                 report: Callable[[str, str, str], None] | None = None) -> None:
+        self.settings = settings
+        self.address = address
+        self.service = service
+        self.stats: Counter[str] = stats if stats is not None else Counter()
+        self.sessions: SessionTable[Session] = SessionTable(settings.max_sessions,
+                                                            settings.per_client)
+        self._report = report or (lambda stage, ip, detail: None)
+        self._listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._logged: set[str] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None, "open() first"
+        return int(self._listener.getsockname()[1])
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind the listening port; :class:`StartupError` says why it cannot."""
+        _raise_file_limit(self.settings.max_sessions + 256)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.address, self.settings.port))
+        except OSError as exc:
+            sock.close()
+            raise _bind_error(exc, self.address, self.settings.port) from None
+        sock.setblocking(False)
+        _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, LISTEN_BUFFER)
+        if self.settings.single_port:
+            _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, LISTEN_BUFFER)
+        self._listener = sock
+        log.info("serving TFTP on %s:%d (%s)", self.address, self.port,
+                 "single port" if self.settings.single_port else "a port per transfer")
+
+    async def serve(self) -> None:
+        """Serve until cancelled."""
+        assert self._listener is not None, "open() first"
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._listener.fileno(), self._on_listener)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for session in self.sessions:
+            self._end(session)
+        if self._listener is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+
+    def details(self) -> dict[str, str | int | float | bool]:
+        return {"sessions": len(self.sessions), "clients": self.sessions.clients()}
+
+    # -- the listening port --------------------------------------------------
+
+    def _on_listener(self) -> None:
+        sock = self._listener
+        assert sock is not None and self._loop is not None
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error for an earlier send
+                log.debug("listener: %s", exc)
+                continue
+            self._on_datagram(data, addr, self._loop.time())
+
+    def _on_datagram(self, data: bytes, peer: Address, now: float) -> None:
+        if self.settings.single_port and ack_block(data) is not None:
+            session = self.sessions.get(peer)  # the hot path of single-port mode
+            if session is not None:
+                if session.transfer is not None:
+                    session.transfer.receive_datagram(data, peer, now)
+                    self._pump(session, now)
+                return
+        try:
+            packet = decode(data)
+        except TftpProtocolError as exc:
+            self._malformed(exc, peer)
+            return
+        is_request = isinstance(packet, (ReadRequest, WriteRequest))
+        if self.settings.single_port and not is_request:
+            session = self.sessions.get(peer)
+            if session is not None:
+                if session.transfer is not None:
+                    session.transfer.receive_packet(packet, peer, now)
+                    self._pump(session, now)
+                return
+        if isinstance(packet, ReadRequest):
+            self._on_read_request(packet, peer)
+            return
+        answer = stray_answer(packet)
+        if answer is not None:
+            self.stats["unknown_tid" if not is_request else "refused.write"] += 1
+            self._send_listener(answer, peer)
+
+    def _malformed(self, exc: TftpProtocolError, peer: Address) -> None:
+        self.stats["malformed"] += 1
+        level = logging.DEBUG if exc.reason in self._logged else logging.WARNING
+        if len(self._logged) < 100:
+            self._logged.add(exc.reason)
+        log.log(level, "malformed packet from %s:%d: %s", peer[0], peer[1], exc.reason)
+        if exc.answer is not None:
+            self._send_listener(encode_error(exc.answer, exc.reason), peer)
+
+    def _send_listener(self, data: bytes, peer: Address) -> None:
+        assert self._listener is not None
+        try:
+            self._listener.sendto(data, peer)
+        except OSError as exc:
+            log.debug("cannot answer %s:%d: %s", peer[0], peer[1], exc)
+
+    def _on_read_request(self, request: ReadRequest, peer: Address) -> None:
+        self.stats["requests"] += 1
+        verdict, existing = self.sessions.consider(peer, request)
+        if verdict is Verdict.DUPLICATE:
+            self.stats["requests.duplicate"] += 1
+            return
+        if verdict is Verdict.REPLACE and existing is not None:
+            log.info("%s:%d sent a new request; ending its transfer of %s",
+                     peer[0], peer[1], existing.name)
+            self._end(existing)
+        elif verdict in (Verdict.BUSY, Verdict.CLIENT_BUSY):
+            # Silence: the client asks again after its timeout.
+            self.stats[f"requests.{verdict.value}"] += 1
+            log.debug("%s:%d: %s, request for %r dropped", peer[0], peer[1], verdict.value,
+                      request.filename)
+            return
+        session = Session(peer, request)
+        self.sessions.add(peer, session)
+        assert self._loop is not None
+        session.opening = self._loop.create_task(self._open(session))
+
+    # -- sessions -------------------------------------------------------------
+
+    async def _open(self, session: Session) -> None:
+        peer = session.peer
+        try:
+            result = await self.service.open(session.request, peer)
+        except Exception:
+            log.exception("opening %r for %s:%d", session.name, peer[0], peer[1])
+            result = INTERNAL_ERROR
+        session.opening = None
+        if self.sessions.get(peer) is not session:
+            return  # replaced or closed meanwhile
+        if isinstance(result, Error):
+            self._refuse(session, result)
+            return
+        if self.settings.single_port:
+            session.sock = self._listener
+        else:
+            try:
+                session.sock = self._transfer_socket()
+            except OSError as exc:
+                log.warning("no socket for %s:%d: %s", peer[0], peer[1], exc)
+                self._refuse(session, Error(ErrorCode.NOT_DEFINED, "server busy"))
+                return
+            assert self._loop is not None
+            self._loop.add_reader(session.sock.fileno(), self._on_session, session)
+        session.transfer = result
+        log.info("%s:%d: sending %s (%d bytes, blksize %d, window %d)", peer[0], peer[1],
+                 session.name, result.size, result.blksize, result.windowsize)
+        assert self._loop is not None
+        self._pump(session, self._loop.time())
+
+    def _refuse(self, session: Session, error: Error) -> None:
+        peer = session.peer
+        self.sessions.remove(peer, session)
+        self.stats[f"refused.{ErrorCode(error.code).name.lower()}"] += 1
+        log.info("%s:%d: %s refused: %s", peer[0], peer[1], session.name, error.message)
+        self._send_listener(encode_error(error.code, error.message), peer)
+        if error.code == ErrorCode.NOT_DEFINED:
+            self._report(TFTP_FAILED, peer[0], f"{session.name}: {error.message}")
+
+    def _transfer_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, SEND_BUFFER)
+            sock.bind((self.address, 0))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _on_session(self, session: Session) -> None:
+        # One datagram per wake-up: a transfer port gets one ACK per window,
+        # and trying for a second would cost an exception almost every time.
+        # Anything else waiting wakes the loop again (epoll is level-triggered).
+        sock, transfer = session.sock, session.transfer
+        assert sock is not None and transfer is not None and self._loop is not None
+        try:
+            data, addr = sock.recvfrom(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("%s:%d: %s", session.peer[0], session.peer[1], exc)
+            return
+        now = self._loop.time()
+        transfer.receive_datagram(data, addr, now)
+        self._pump(session, now)
+
+    def _pump(self, session: Session, now: float) -> None:
+        """Send what the transfer has to send, then finish it or arm its timer."""
+        transfer, sock = session.transfer, session.sock
+        assert transfer is not None and sock is not None
+        sendto = sock.sendto
+        for data, addr in transfer.datagrams_to_send(now):
+            try:
+                sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                self.stats["send_dropped"] += 1  # as if lost: the timer resends
+                break
+            except OSError as exc:
+                log.debug("%s:%d: send: %s", addr[0], addr[1], exc)
+                break
+        if transfer.done:
+            self._finished(session)
+            return
+        when = transfer.get_timer()
+        timer = session.timer
+        if when is None:
+            if timer is not None:
+                timer.cancel()
+                session.timer = None
+        elif timer is None or timer.when() > when:
+            if timer is not None:
+                timer.cancel()
+            assert self._loop is not None
+            session.timer = self._loop.call_at(when, self._on_timer, session)
+
+    def _on_timer(self, session: Session) -> None:
+        session.timer = None
+        if session.transfer is None or self.sessions.get(session.peer) is not session:
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        session.transfer.handle_timer(now)
+        self._pump(session, now)
+
+    def _finished(self, session: Session) -> None:
+        transfer = session.transfer
+        assert transfer is not None
+        self._end(session)
+        peer, state = session.peer, transfer.state
+        self.stats["retransmitted"] += transfer.retransmitted
+        self.stats["unknown_tid"] += transfer.strangers
+        if state is State.COMPLETE:
+            self.stats["transfers"] += 1
+            self.stats["bytes"] += transfer.size
+            log.info("%s:%d: sent %s (%d bytes)", peer[0], peer[1], session.name, transfer.size)
+            self._report(TFTP_SENT, peer[0], f"{session.name} {transfer.size} bytes")
+        elif state is State.ABORTED:
+            error = transfer.peer_error
+            probe = error is not None and error.code == ErrorCode.OPTION_REFUSED
+            self.stats["transfers.probes" if probe else "transfers.aborted"] += 1
+            log.info("%s:%d: %s ended by the client: %s", peer[0], peer[1], session.name,
+                     error.message if error else "")
+        elif state is State.TIMED_OUT:
+            self.stats["transfers.timed_out"] += 1
+            log.warning("%s:%d: %s timed out after %d of %d bytes", peer[0], peer[1],
+                        session.name, transfer.bytes_acked, transfer.size)
+            self._report(TFTP_FAILED, peer[0], f"{session.name}: timed out")
+
+    def _end(self, session: Session) -> None:
+        """Forget a session now: its port closes and its slot is free."""
+        self.sessions.remove(session.peer, session)
+        if session.opening is not None:
+            session.opening.cancel()
+            session.opening = None
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        sock = session.sock
+        if sock is not None and sock is not self._listener:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        session.sock = None
+
+
+# --- the entry point ----------------------------------------------------------
+
+
+def limits_for(config: Config) -> Limits:
+    mtu = netif.mtu_of(config.interface) if config.interface else 1500
+    return Limits(max_blksize=Limits.blksize_for_mtu(mtu), timeout=config.tftp.timeout)
+
+
+async def main(fe: FrontEnd) -> None:
+    from astralboot.common.content import DigestCache, fetch_to_cache_async
+
+    config = fe.config
+    content = StoreContent(fe.bus, DigestCache(config.store.cache), fetch_to_cache_async,
+                           memory_limit=config.tftp.memory_cache)
+    service = ReadService(content, limits_for(config), retries=config.tftp.retries)
+    reporter = Reporter(fe)
+    server = TftpServer(config.tftp, str(config.address), service, stats=fe.stats,
+                        report=reporter.report)
+    server.open()
+    fe.extra_details = lambda: {**server.details(), "memory_cache": content.memory_bytes}
+    fe.ready = True
+    try:
+        await server.serve()
+    finally:
+        reporter.close()
+
+
+def run(config: Config) -> int:
+    return run_frontend(SERVICE, config, main)

@@ -1,0 +1,389 @@
+"""The server layer on loopback: real sockets, real clients, fake content.
+
+Everything a client can see of the server without the store: transfers
+with tftp-hpa, curl and atftp, both port modes, refusals, strangers, the
+UEFI probe, caps, timeouts and start-up errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import socket
+import subprocess
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from tftp_client import RawClient, stranger, uefi
+
+from astralboot.common.errors import ErrorCode as StoreCode
+from astralboot.common.config.model import TftpConfig
+from astralboot.common.errors import BusTimeout, StartupError
+from astralboot.common.messages import ErrorReply, LeaseLookup, LeaseRecord, LeaseReply
+from astralboot.services.tftpd.files import ContentError
+from astralboot.services.tftpd.options import Limits
+from astralboot.services.tftpd.policy import ReadService
+from astralboot.services.tftpd.server import Reporter, Session, TftpServer, _bind_error
+from astralboot.services.tftpd.packets import Ack, Data, Error, OptionAck, ReadRequest
+
+IPXE = Path("/usr/lib/ipxe/ipxe.efi").read_bytes()
+TEXT = b"#!ipxe\nchain http://192.0.2.1/boot.ipxe\r\nmixed\rline\n"
+
+
+@pytest.fixture(autouse=True)
+def files(fake_content: Any) -> None:
+    fake_content.files.update({
+        "tftp/ipxe.efi": IPXE,
+        "tftp/boot/menu.ipxe": TEXT,
+        "tftp/empty": b"",
+        "tftp/block": b"b" * 512,
+    })
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- real clients ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("single_port", [False, True])
+def test_tftp_hpa_gets_a_file(loopback_server: Callable[..., Any], tmp_path: Path,
+                              single_port: bool) -> None:
+    with loopback_server(single_port=single_port) as srv:
+        host, port = srv.address
+        result = run(["tftp", host, str(port), "-m", "binary", "-c", "get", "ipxe.efi", "out"],
+                     tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (tmp_path / "out").read_bytes() == IPXE
+        srv.settle()
+        assert srv.stats["transfers"] == 1
+        assert srv.events == [("tftp.sent", "127.0.0.1", f"ipxe.efi {len(IPXE)} bytes")]
+
+
+def test_tftp_hpa_netascii(loopback_server: Callable[..., Any], tmp_path: Path) -> None:
+    with loopback_server() as srv:
+        host, port = srv.address
+        result = run(["tftp", host, str(port), "-m", "ascii", "-c", "get", "boot/menu.ipxe",
+                      "menu"], tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (tmp_path / "menu").read_bytes() == TEXT  # converted there and back
+
+
+@pytest.mark.parametrize("name", ["empty", "block"])
+def test_tftp_hpa_edge_sizes(loopback_server: Callable[..., Any], tmp_path: Path,
+                             name: str, fake_content: Any) -> None:
+    with loopback_server() as srv:
+        host, port = srv.address
+        result = run(["tftp", host, str(port), "-m", "binary", "-c", "get", name, "out"],
+                     tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (tmp_path / "out").read_bytes() == fake_content.files[f"tftp/{name}"]
+
+
+@pytest.mark.parametrize("single_port", [False, True])
+def test_curl_with_blksize(loopback_server: Callable[..., Any], tmp_path: Path,
+                           single_port: bool) -> None:
+    with loopback_server(single_port=single_port) as srv:
+        host, port = srv.address
+        result = run(["curl", "-sS", "--tftp-blksize", "1468", "-o", "out",
+                      f"tftp://{host}:{port}/ipxe.efi"], tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "out").read_bytes() == IPXE
+
+
+@pytest.mark.parametrize("single_port", [False, True])
+def test_atftp_with_windowsize(loopback_server: Callable[..., Any], tmp_path: Path,
+                               single_port: bool) -> None:
+    with loopback_server(single_port=single_port) as srv:
+        host, port = srv.address
+        result = run(["atftp", "--option", "windowsize 16", "--option", "blksize 1468",
+                      "--verbose", "-g", "-r", "ipxe.efi", "-l", "out", host, str(port)],
+                     tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (tmp_path / "out").read_bytes() == IPXE
+        srv.settle()
+        assert srv.stats["transfers"] == 1
+
+
+def test_windowsize_is_acknowledged_and_used(loopback_server: Callable[..., Any]) -> None:
+    with loopback_server() as srv, RawClient(srv.address) as client:
+        client.request("ipxe.efi", {"windowsize": "16", "blksize": "1468", "tsize": "0"})
+        oack, tid = client.recv()
+        assert oack == OptionAck(options=(("windowsize", "16"), ("blksize", "1468"),
+                                          ("tsize", str(len(IPXE)))))
+        client.send(Ack(block=0), tid)
+        window = [client.recv()[0] for _ in range(16)]
+        assert [p.block for p in window] == list(range(1, 17))  # type: ignore[union-attr]
+        assert client.recv_all(0.3) == []  # and no more until ACK 16
+        client.send(Ack(block=16), tid)
+        window = [client.recv()[0] for _ in range(16)]
+        assert [p.block for p in window] == list(range(17, 33))  # type: ignore[union-attr]
+        client.send(Error(code=0, message="enough"), tid)
+
+
+def test_curl_file_not_found(loopback_server: Callable[..., Any], tmp_path: Path) -> None:
+    with loopback_server() as srv:
+        host, port = srv.address
+        result = run(["curl", "-sS", "-o", "out", f"tftp://{host}:{port}/nothere"], tmp_path)
+        assert result.returncode == 68  # CURLE_TFTP_NOTFOUND: curl got our ERROR 1
+        assert not (tmp_path / "out").exists() or (tmp_path / "out").read_bytes() == b""
+        assert srv.stats["refused.file_not_found"] == 1
+
+
+def test_write_requests_are_refused(loopback_server: Callable[..., Any], tmp_path: Path,
+                                    fake_content: Any) -> None:
+    (tmp_path / "upload").write_bytes(b"evil")
+    with loopback_server() as srv:
+        host, port = srv.address
+        result = run(["tftp", host, str(port), "-m", "binary", "-c", "put", "upload",
+                      "ipxe.efi"], tmp_path)
+        assert "read-only" in result.stdout + result.stderr
+        assert srv.stats["refused.write"] == 1
+        assert srv.sessions() == 0
+    assert fake_content.files["tftp/ipxe.efi"] == IPXE
+
+
+# --- crafted packets -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("single_port", [False, True])
+def test_a_stranger_gets_error_5_and_the_transfer_goes_on(
+        loopback_server: Callable[..., Any], single_port: bool) -> None:
+    with loopback_server(single_port=single_port) as srv:
+        result = stranger(srv.address, "ipxe.efi")
+        assert result["sha256"] == sha(IPXE)
+        srv.settle()
+        assert srv.stats["unknown_tid"] == 1
+        assert srv.stats["transfers"] == 1
+
+
+@pytest.mark.parametrize("single_port", [False, True])
+def test_single_port_mode_answers_from_the_listening_port(
+        loopback_server: Callable[..., Any], single_port: bool) -> None:
+    with loopback_server(single_port=single_port) as srv, RawClient(srv.address) as client:
+        client.request("ipxe.efi")
+        packet, tid = client.recv()
+        assert packet == Data(block=1, payload=IPXE[:512])  # no options: DATA 1 at once
+        assert (tid == srv.address) is single_port
+        client.send(Error(code=0, message="enough"), tid)
+
+
+@pytest.mark.parametrize("same_port", [False, True])
+@pytest.mark.parametrize("single_port", [False, True])
+def test_uefi_tsize_probe_then_real_request(loopback_server: Callable[..., Any],
+                                            same_port: bool, single_port: bool) -> None:
+    # One session per client: the real RRQ is served only if the probe's
+    # session was freed the moment its ERROR 8 arrived.
+    with loopback_server(per_client=1, single_port=single_port) as srv:
+        result = uefi(srv.address, "ipxe.efi", same_port)
+        assert result["tsize"] == len(IPXE)
+        assert result["sha256"] == sha(IPXE)
+        assert result["requests"] == 1  # answered at the first asking
+        assert result["late"] == []  # the probe's session sent nothing more
+        srv.settle()
+        stats = srv.stats
+        assert stats["transfers.probes"] == 1
+        assert stats["transfers"] == 1
+        assert [e[0] for e in srv.events] == ["tftp.sent"]
+
+
+def test_a_repeated_request_starts_no_second_transfer(
+        loopback_server: Callable[..., Any]) -> None:
+    with loopback_server() as srv, RawClient(srv.address) as client:
+        client.request("ipxe.efi")
+        client.request("ipxe.efi")  # the firmware was impatient
+        answers = client.recv_all(0.5)
+        assert [p for p, _ in answers] == [Data(block=1, payload=IPXE[:512])]
+        assert srv.stats["requests.duplicate"] == 1
+        assert srv.sessions() == 1
+
+
+@pytest.mark.parametrize("hexdata,answer", [
+    ("0001 61 00 62696e617279 00", 4),  # mode "binary"
+    ("0001 69707865 00 2e2e2f6574632f706173737764 00 6f63746574 00", 2),  # NUL in the name
+    ("0001 2e2e2f2e2e2f6574632f706173737764 00 6f63746574 00", 2),  # ../../etc/passwd
+    ("0004 0001", 5),  # an ACK to the listening port
+    ("0009", 4),  # unknown opcode
+])
+def test_crafted_requests(loopback_server: Callable[..., Any], hexdata: str,
+                          answer: int) -> None:
+    with loopback_server() as srv, RawClient(srv.address) as client:
+        client.send(bytes.fromhex(hexdata.replace(" ", "")))
+        packets = [p for p, _ in client.recv_all(0.5)]
+        assert len(packets) == 1 and isinstance(packets[0], Error), packets
+        assert packets[0].code == answer
+        assert srv.sessions() == 0
+
+
+@pytest.mark.parametrize("hexdata", ["", "00", "0005", "0005 0000 6f6b 00"])
+def test_junk_and_errors_get_no_answer(loopback_server: Callable[..., Any],
+                                       hexdata: str) -> None:
+    with loopback_server() as srv, RawClient(srv.address) as client:
+        client.send(bytes.fromhex(hexdata.replace(" ", "")))
+        assert client.recv_all(0.5) == []
+
+
+# --- failures ---------------------------------------------------------------------
+
+
+def test_store_unavailable_gives_error_0_with_a_message(
+        loopback_server: Callable[..., Any], fake_content: Any) -> None:
+    fake_content.errors["tftp/ipxe.efi"] = ContentError(
+        StoreCode.UNAVAILABLE, "the store did not answer")
+    with loopback_server() as srv, RawClient(srv.address) as client:
+        client.request("ipxe.efi")
+        packet, _ = client.recv()
+        assert packet == Error(code=0, message="content unavailable: the store did not answer")
+        srv.settle()
+        assert srv.events == [("tftp.failed", "127.0.0.1",
+                               "ipxe.efi: content unavailable: the store did not answer")]
+
+
+def test_a_silent_client_is_given_up_on(loopback_server: Callable[..., Any]) -> None:
+    with loopback_server(timeout=0.1, retries=2) as srv, RawClient(srv.address) as client:
+        client.request("ipxe.efi")
+        packets = [client.recv()[0] for _ in range(4)]
+        assert packets[:3] == [Data(block=1, payload=IPXE[:512])] * 3  # sent, then 2 retries
+        assert packets[3] == Error(code=0, message="transfer timed out")
+        srv.settle()
+        stats = srv.stats
+        assert stats["transfers.timed_out"] == 1 and stats["retransmitted"] == 2
+        assert srv.events == [("tftp.failed", "127.0.0.1", "ipxe.efi: timed out")]
+
+
+def test_over_the_cap_a_request_waits_for_a_free_slot(
+        loopback_server: Callable[..., Any]) -> None:
+    with loopback_server(max_sessions=1) as srv, \
+            RawClient(srv.address) as first, RawClient(srv.address) as second:
+        first.request("ipxe.efi")
+        _, tid = first.recv()
+        second.request("ipxe.efi")
+        assert second.recv_all(0.5) == []  # silence: the firmware will ask again
+        assert srv.stats["requests.busy"] == 1
+        first.send(Error(code=0, message="cancelled"), tid)
+        second.request("ipxe.efi")  # its retransmission
+        assert second.recv()[0] == Data(block=1, payload=IPXE[:512])
+
+
+def test_per_client_cap_holds_back_one_address_only(
+        loopback_server: Callable[..., Any]) -> None:
+    with loopback_server(per_client=1) as srv, \
+            RawClient(srv.address) as first, RawClient(srv.address) as second, \
+            RawClient(srv.address, source="127.0.0.2") as other:
+        first.request("ipxe.efi")
+        first.recv()
+        second.request("ipxe.efi")  # same address: over its cap
+        assert second.recv_all(0.5) == []
+        assert srv.stats["requests.client_busy"] == 1
+        other.request("ipxe.efi")  # another machine is served at once
+        assert other.recv()[0] == Data(block=1, payload=IPXE[:512])
+
+
+def test_port_in_use_is_a_clear_startup_error(loopback_server: Callable[..., Any]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        srv = loopback_server()
+        srv.settings = replace(srv.settings, port=taken.getsockname()[1])
+        with pytest.raises(StartupError) as info:
+            with srv:
+                pass
+        assert info.value.service == "tftpd"
+        assert f"UDP port {taken.getsockname()[1]} on 127.0.0.1 is in use" in info.value.reason
+
+
+def test_an_address_not_on_this_host_is_a_clear_startup_error(fake_content: Any) -> None:
+    settings = TftpConfig(port=0, single_port=False, max_sessions=1, per_client=1,
+                          timeout=1.0, retries=1, memory_cache=0)
+    service = ReadService(fake_content, Limits(), retries=1)
+    server = TftpServer(settings, "192.0.2.77", service)
+    with pytest.raises(StartupError) as info:
+        server.open()
+    assert "192.0.2.77 is not an address of this host" in info.value.reason
+
+
+@pytest.mark.parametrize("err,reason", [
+    (errno.EACCES, "binding UDP port 69 needs root or CAP_NET_BIND_SERVICE"),
+    (errno.EADDRINUSE, "UDP port 69 on 192.0.2.1 is in use"),
+    (errno.EADDRNOTAVAIL, "192.0.2.1 is not an address of this host"),
+])
+def test_bind_failures_say_why(err: int, reason: str) -> None:
+    exc = _bind_error(OSError(err, os.strerror(err)), "192.0.2.1", 69)
+    assert reason in exc.reason
+
+
+def test_file_names_are_logged_printably() -> None:
+    assert Session(("192.0.2.10", 1), ReadRequest(filename=b"a\nb\xff")).name == "a\\nb\\xff"
+
+
+# --- boot events --------------------------------------------------------------------
+
+
+class FakeFrontEnd:
+    """The parts of FrontEnd the reporter uses: a bus, report(), stats."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        self.lookups: list[str] = []
+        self.reported: list[tuple[str, str, str | None, str]] = []
+        self.stats: Counter[str] = Counter()
+        self.bus = self
+
+    async def request(self, msg: LeaseLookup) -> Any:
+        assert msg.ip is not None
+        self.lookups.append(msg.ip)
+        answer = self.answers[msg.ip]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def report(self, stage: str, mac: str, ip: str | None = None, detail: str = "") -> None:
+        self.reported.append((stage, mac, ip, detail))
+
+
+def lease(ip: str, mac: str) -> LeaseReply:
+    return LeaseReply(lease=LeaseRecord(ip=ip, mac=mac, subnet="192.0.2.0/24", state="bound",
+                                        expires=0.0, lease_time=3600))
+
+
+def test_events_carry_the_mac_of_the_lease_looked_up_once() -> None:
+    fe = FakeFrontEnd({"192.0.2.10": lease("192.0.2.10", "52:54:00:12:34:56"),
+                       "192.0.2.11": ErrorReply(code="not_found", detail="no lease")})
+
+    async def go() -> None:
+        reporter = Reporter(fe)  # type: ignore[arg-type]
+        for _ in range(3):
+            reporter.report("tftp.sent", "192.0.2.10", "ipxe.efi 850528 bytes")
+        reporter.report("tftp.sent", "192.0.2.11", "ipxe.efi 850528 bytes")
+        await asyncio.sleep(0.05)
+
+    asyncio.run(go())
+    assert fe.reported == [("tftp.sent", "52:54:00:12:34:56", "192.0.2.10",
+                            "ipxe.efi 850528 bytes")] * 3
+    assert sorted(fe.lookups) == ["192.0.2.10", "192.0.2.11"]  # shared and remembered
+    assert fe.stats["events.no_lease"] == 1  # nothing for the store to drop
+
+
+def test_a_failed_lookup_is_not_remembered() -> None:
+    fe = FakeFrontEnd({"192.0.2.10": BusTimeout("ipc://x", "lease.lookup", 1.0, 1)})
+
+    async def go() -> None:
+        reporter = Reporter(fe)  # type: ignore[arg-type]
+        reporter.report("tftp.sent", "192.0.2.10", "a 1 bytes")
+        await asyncio.sleep(0.05)
+        fe.answers["192.0.2.10"] = lease("192.0.2.10", "52:54:00:12:34:56")
+        reporter.report("tftp.sent", "192.0.2.10", "a 1 bytes")
+        await asyncio.sleep(0.05)
+
+    asyncio.run(go())
+    assert fe.lookups == ["192.0.2.10", "192.0.2.10"]
+    assert fe.reported == [("tftp.sent", "52:54:00:12:34:56", "192.0.2.10", "a 1 bytes")]
