@@ -1,0 +1,165 @@
+"""Which boot file or URL a client is sent: the first link of the boot chain.
+
+Firmware first loads an iPXE binary over TFTP (or HTTP, for UEFI HTTP
+boot); that iPXE then asks DHCP again and is recognised (user class
+"iPXE" or "skinny", or option 175), so it gets an HTTP script URL instead
+of the binary it is already running. That is what breaks the chainload
+loop. Pure: the only outside knowledge, which iPXE binaries the data
+folder holds, is a :class:`BinaryCatalogue` refreshed by the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from astralboot.common.bus.schema import Reply, Request
+from astralboot.common.errors import ErrorCode
+from astralboot.common.messages import (
+    ContentStat,
+    ContentStatReply,
+    ErrorReply,
+    MachineRecord,
+)
+
+from .constants import (
+    ARCH_BIOS,
+    ARCH_EFI_ARM64,
+    ARCH_EFI_ARM64_HTTP,
+    ARCH_EFI_BC,
+    ARCH_EFI_X64,
+    ARCH_EFI_X64_HTTP,
+    VENDOR_HTTP,
+    VENDOR_PXE,
+)
+from .events import ClientMessage
+
+log = logging.getLogger(__name__)
+
+# Where the binaries live in the data folder; tftpd serves this folder, and
+# httpd serves the same files at HTTP_BINARY_PREFIX for UEFI HTTP boot.
+TFTP_FOLDER = "tftp"
+HTTP_BINARY_PREFIX = "/tftp/"
+MENU_PATH = "/choose"
+BOOT_PATH = "/boot/{os}/{mac}"
+
+BIOS_BINARIES = ("undionly.kpxe",)
+X64_BINARIES = ("snponly.efi", "ipxe.efi")
+ARM64_BINARIES = ("snponly-arm64.efi", "ipxe-arm64.efi")
+CATALOGUED = X64_BINARIES + ARM64_BINARIES
+
+IPXE_USER_CLASSES = frozenset({b"iPXE", b"skinny"})
+_VENDOR_ARCH = re.compile(rb"^PXEClient:Arch:(\d{5})")
+
+StoreRequest = Callable[[Request], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class BootChoice:
+    """What to put in next-server/option 66, option 67 and the ``file`` field."""
+
+    filename: str  # a TFTP path relative to the tftp folder, or a URL
+    stage: str  # "firmware" (TFTP binary), "http-boot" (URL to a binary), "ipxe" (script URL)
+    vendor_class: bytes | None = None  # echoed in option 60 (UEFI HTTP boot)
+
+    @property
+    def is_url(self) -> bool:
+        return self.stage != "firmware"
+
+
+@dataclass
+class BinaryCatalogue:
+    """Which optional iPXE binaries are in the data folder's tftp/.
+
+    ``present`` maps a file name to True/False once the store has answered;
+    a name missing from it is unknown (store not asked yet, or unreachable).
+    """
+
+    present: dict[str, bool] = field(default_factory=dict)
+
+    def pick(self, candidates: tuple[str, ...], required: bool) -> str | None:
+        """The first candidate known to be present.
+
+        Otherwise the first one not known to be absent; otherwise, for a
+        required chain, the first candidate (the operator sees the TFTP
+        error); for an optional one, None.
+        """
+        for name in candidates:
+            if self.present.get(name):
+                return name
+        for name in candidates:
+            if name not in self.present:
+                return name
+        return candidates[0] if required else None
+
+    async def refresh(self, request: StoreRequest) -> None:
+        """Ask the store about each catalogued binary; errors leave it unknown."""
+        for name in CATALOGUED:
+            path = f"{TFTP_FOLDER}/{name}"
+            reply = await request(ContentStat(path=path))
+            if isinstance(reply, ContentStatReply):
+                found = not reply.entry.is_dir
+            elif isinstance(reply, ErrorReply) and reply.code == ErrorCode.NOT_FOUND.value:
+                found = False
+            else:
+                log.warning("cannot tell whether %s exists: %s", path, reply)
+                continue
+            if self.present.get(name) != found:
+                log.info("%s %s", path, "found" if found else "not found")
+            self.present[name] = found
+
+
+def client_arch(msg: ClientMessage) -> int | None:
+    """Option 93, else the architecture in a "PXEClient:Arch:xxxxx" vendor class."""
+    if msg.arch is not None:
+        return msg.arch
+    m = _VENDOR_ARCH.match(msg.vendor_class)
+    return int(m.group(1)) if m else None
+
+
+def is_ipxe(msg: ClientMessage) -> bool:
+    return msg.ipxe_options or any(c in IPXE_USER_CLASSES for c in msg.user_classes)
+
+
+def is_boot_client(msg: ClientMessage) -> bool:
+    """Firmware or iPXE, as opposed to an OS's own DHCP client."""
+    return (is_ipxe(msg) or msg.arch is not None or msg.vendor_class.startswith(VENDOR_PXE)
+            or msg.vendor_class.startswith(VENDOR_HTTP))
+
+
+class BootChain:
+    def __init__(self, public_url: str, catalogue: BinaryCatalogue) -> None:
+        self.public_url = public_url.rstrip("/")
+        self.catalogue = catalogue
+
+    def script_url(self, mac: str, machine: MachineRecord | None) -> str:
+        if machine is None or not machine.os:
+            return self.public_url + MENU_PATH
+        return self.public_url + BOOT_PATH.format(os=machine.os, mac=mac)
+
+    def binary_for(self, arch: int | None) -> str | None:
+        if arch == ARCH_BIOS:
+            return BIOS_BINARIES[0]
+        if arch in (ARCH_EFI_X64, ARCH_EFI_BC, ARCH_EFI_X64_HTTP):
+            return self.catalogue.pick(X64_BINARIES, required=True)
+        if arch in (ARCH_EFI_ARM64, ARCH_EFI_ARM64_HTTP):
+            return self.catalogue.pick(ARM64_BINARIES, required=False)
+        return None
+
+    def choose(self, msg: ClientMessage, machine: MachineRecord | None) -> BootChoice | None:
+        """The boot file for ``msg``'s client, or None if it is not booting."""
+        if is_ipxe(msg):
+            return BootChoice(self.script_url(msg.mac, machine), "ipxe")
+        arch = client_arch(msg)
+        if msg.vendor_class.startswith(VENDOR_HTTP):
+            name = self.binary_for(arch if arch is not None else ARCH_EFI_X64_HTTP)
+            if name is None:
+                return None
+            return BootChoice(self.public_url + HTTP_BINARY_PREFIX + name, "http-boot",
+                              VENDOR_HTTP)
+        if arch is None and not msg.vendor_class.startswith(VENDOR_PXE):
+            return None
+        name = self.binary_for(arch if arch is not None else ARCH_BIOS)
+        return BootChoice(name, "firmware") if name is not None else None

@@ -1,0 +1,198 @@
+"""What a client asks a server: typed messages read from a received packet.
+
+:func:`read_client_message` is the server side's decoder: bytes arriving on
+port 67 (or 4011) become one of :class:`Discover`, :class:`Request`,
+:class:`Decline`, :class:`Release`, :class:`Inform`, with the options the
+server acts on already read and checked. Anything else raises
+:class:`MalformedPacket` (or its :class:`UnsupportedMessage` kind for a
+well-formed message type this server does not serve).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from .constants import (
+    BOOTREQUEST,
+    DEFAULT_MAX_MESSAGE,
+    DHCPDECLINE,
+    DHCPDISCOVER,
+    DHCPINFORM,
+    DHCPRELEASE,
+    DHCPREQUEST,
+    FLAG_BROADCAST,
+    IP_UDP_OVERHEAD,
+    MAX_MESSAGE,
+    MESSAGE_TYPE_NAMES,
+    OPT_CLIENT_ARCH,
+    OPT_CLIENT_ID,
+    OPT_CLIENT_UUID,
+    OPT_HOST_NAME,
+    OPT_IPXE,
+    OPT_MAX_MESSAGE_SIZE,
+    OPT_MESSAGE_TYPE,
+    OPT_PARAMETER_LIST,
+    OPT_RELAY_AGENT,
+    OPT_REQUESTED_IP,
+    OPT_SERVER_ID,
+    OPT_USER_CLASS,
+    OPT_VENDOR_CLASS,
+    ZERO_IP,
+)
+from .options import Options, u16, user_classes
+from .packet import Packet, parse
+from .reader import MalformedPacket
+
+_ntoa = socket.inet_ntoa
+
+
+class UnsupportedMessage(MalformedPacket):
+    """A well-formed DHCP message of a type this server does not answer."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientMessage:
+    """Fields common to every client message.
+
+    ``parameters`` is option 55 as received (codes in the client's order);
+    ``max_size`` is the largest reply payload the client takes, UDP and IP
+    headers already subtracted.
+    """
+
+    xid: int
+    mac: str
+    chaddr: bytes
+    htype: int
+    flags: int
+    hops: int
+    ciaddr: str
+    giaddr: str
+    client_id: bytes | None = None
+    hostname: str | None = None
+    parameters: bytes | None = None
+    max_size: int = DEFAULT_MAX_MESSAGE - IP_UDP_OVERHEAD
+    arch: int | None = None
+    vendor_class: bytes = b""
+    user_classes: tuple[bytes, ...] = ()
+    ipxe_options: bool = False  # option 175 present: the client is iPXE
+    uuid: bytes | None = None
+    relay_info: bytes | None = None  # option 82, echoed back to the relay
+    requested_ip: str | None = None
+    server_id: str | None = None
+
+    @property
+    def broadcast_flag(self) -> bool:
+        return bool(self.flags & FLAG_BROADCAST)
+
+    @property
+    def relayed(self) -> bool:
+        return self.giaddr != ZERO_IP
+
+    @property
+    def name(self) -> str:
+        return MESSAGE_TYPE_NAMES[self.message_type]
+
+    message_type = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Discover(ClientMessage):
+    message_type = DHCPDISCOVER
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request(ClientMessage):
+    message_type = DHCPREQUEST
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decline(ClientMessage):
+    message_type = DHCPDECLINE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Release(ClientMessage):
+    message_type = DHCPRELEASE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Inform(ClientMessage):
+    message_type = DHCPINFORM
+
+
+_CLASSES: dict[int, type[ClientMessage]] = {
+    DHCPDISCOVER: Discover, DHCPREQUEST: Request, DHCPDECLINE: Decline,
+    DHCPRELEASE: Release, DHCPINFORM: Inform,
+}
+
+
+def _hostname(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    text = value.rstrip(b"\0").decode("utf-8", "replace")
+    return text or None
+
+
+def from_packet(packet: Packet) -> ClientMessage:
+    """Interpret a decoded packet as a client message."""
+    return _message(packet.op, packet.htype, packet.chaddr, packet.hops, packet.xid,
+                    packet.flags, packet.ciaddr, packet.giaddr, packet.options)
+
+
+def read_client_message(data: bytes) -> ClientMessage:
+    """Bytes received on the server port to a typed client message.
+
+    The server's hot path: the same checks as ``from_packet(decode(data))``
+    without building the intermediate :class:`Packet`.
+    """
+    header, options, _ = parse(data)
+    return _message(header[0], header[1], header[11][:header[2]], header[3], header[4],
+                    header[6], _ntoa(header[7]), _ntoa(header[10]), options)
+
+
+def _message(op: int, htype: int, chaddr: bytes, hops: int, xid: int, flags: int, ciaddr: str,
+             giaddr: str, opts: Options) -> ClientMessage:
+    if op != BOOTREQUEST:
+        raise MalformedPacket("BOOTREPLY sent to the server port")
+    mtype = opts.get(OPT_MESSAGE_TYPE)
+    if mtype is None:
+        raise MalformedPacket("no DHCP message type (plain BOOTP is not served)")
+    cls = _CLASSES.get(mtype[0])
+    if cls is None:
+        name = MESSAGE_TYPE_NAMES.get(mtype[0])
+        if name is not None:
+            raise MalformedPacket(f"DHCP{name} sent to the server port")
+        raise UnsupportedMessage(f"DHCP message type {mtype[0]} is not served")
+    if not chaddr:
+        raise MalformedPacket("no hardware address (hlen 0)")
+    requested = opts.get(OPT_REQUESTED_IP)
+    server_id = opts.get(OPT_SERVER_ID)
+    max_size = opts.get(OPT_MAX_MESSAGE_SIZE)
+    arch = opts.get(OPT_CLIENT_ARCH)
+    user_class = opts.get(OPT_USER_CLASS)
+    msg = cls(
+        xid=xid, mac=chaddr.hex(":"), chaddr=chaddr, htype=htype, flags=flags, hops=hops,
+        ciaddr=ciaddr, giaddr=giaddr,
+        client_id=opts.get(OPT_CLIENT_ID),
+        hostname=_hostname(opts.get(OPT_HOST_NAME)),
+        parameters=opts.get(OPT_PARAMETER_LIST),
+        max_size=(min(max(u16(max_size), DEFAULT_MAX_MESSAGE), MAX_MESSAGE + IP_UDP_OVERHEAD)
+                  - IP_UDP_OVERHEAD) if max_size is not None
+        else DEFAULT_MAX_MESSAGE - IP_UDP_OVERHEAD,
+        arch=u16(arch[:2]) if arch is not None else None,
+        vendor_class=opts.get(OPT_VENDOR_CLASS, b""),
+        user_classes=user_classes(user_class) if user_class is not None else (),
+        ipxe_options=OPT_IPXE in opts,
+        uuid=opts.get(OPT_CLIENT_UUID),
+        relay_info=opts.get(OPT_RELAY_AGENT),
+        requested_ip=_ntoa(requested) if requested is not None else None,
+        server_id=_ntoa(server_id) if server_id is not None else None,
+    )
+    if cls is Decline and (msg.requested_ip is None or msg.server_id is None):
+        raise MalformedPacket("DHCPDECLINE without requested address or server identifier")
+    if cls is Release and msg.ciaddr == ZERO_IP:
+        raise MalformedPacket("DHCPRELEASE without ciaddr")
+    if cls is Request and msg.server_id is not None and msg.requested_ip is None:
+        raise MalformedPacket("DHCPREQUEST (SELECTING) without requested address")
+    return msg

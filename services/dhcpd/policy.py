@@ -1,0 +1,362 @@
+"""What the server answers to each client message (RFC 2131 section 4.3).
+
+Pure decisions: a :class:`DhcpPolicy` is given a decoded message, how it
+arrived, and collaborators (the store, reachable by ``request()``; a boot
+event sink; counters), and returns the reply to send, or None for silence.
+Every lease decision is the store's; this module maps its answers to
+OFFER, ACK, NAK or silence and fills in the options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from astralboot.common.bus import events as stages
+from astralboot.common.bus.schema import Reply
+from astralboot.common.bus.schema import Request as BusRequest
+from astralboot.common.config.model import Config
+from astralboot.common.errors import BusTimeout, ErrorCode
+from astralboot.common.messages import (
+    CommitMode,
+    ErrorReply,
+    LeaseCommit,
+    LeaseDecline,
+    LeaseOffer,
+    LeaseRelease,
+    LeaseReply,
+    MachineRecord,
+)
+
+from .bootchain import BootChain, BootChoice
+from .constants import (
+    CLIENT_PORT,
+    DHCPACK,
+    DHCPNAK,
+    DHCPOFFER,
+    FILE_SIZE,
+    OPT_BOOTFILE,
+    OPT_HOST_NAME,
+    OPT_MESSAGE,
+    OPT_RELAY_AGENT,
+    OPT_ROUTER,
+    OPT_SERVER_ID,
+    OPT_TFTP_SERVER,
+    OPT_VENDOR_CLASS,
+    SERVER_PORT,
+    ZERO_IP,
+)
+from .events import ClientMessage, Decline, Discover, Inform, Release, Request
+from .options import tlv
+from .reply import Outgoing, destination, lease_times, write
+from .subnets import SubnetProfile, SubnetTable
+
+log = logging.getLogger(__name__)
+
+
+# Whether this build's lease requests carry ``report`` (the store then records
+# the boot event itself); without it every event travels as its own message.
+STORE_REPORTS = all("report" in {f.name for f in dataclasses.fields(cls)}
+                    for cls in (LeaseOffer, LeaseCommit, LeaseRelease, LeaseDecline))
+
+
+class Store(Protocol):
+    """What the policy needs of the store: the bus client's ``request``."""
+
+    async def request(self, msg: BusRequest, *, deadline: float | None = None) -> Reply: ...
+
+
+Report = Callable[[str, str, "str | None", str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """How a message reached the server (not visible in its bytes)."""
+
+    port: int = SERVER_PORT
+    broadcast: bool = True  # sent to a broadcast address: REBINDING, not RENEWING
+    source: tuple[str, int] = (ZERO_IP, CLIENT_PORT)
+
+
+BROADCAST = Arrival()  # the usual case: a broadcast to port 67
+
+
+@dataclass(frozen=True, slots=True)
+class BootFields:
+    """A boot choice as reply fields: options offered, ``file``, ``siaddr``, tail."""
+
+    options: dict[int, bytes]
+    file: bytes
+    siaddr: str
+    tail: tuple[bytes, ...]
+
+
+def boot_fields(choice: BootChoice | None, server: str, tftp_server_tlv: bytes) -> BootFields:
+    """next-server, option 66, option 67 and ``file``, so that BIOS PXE ROMs
+    (``file``/``siaddr``), EDK2 and iPXE (options 66/67) all find it."""
+    if choice is None:
+        return BootFields({}, b"", ZERO_IP, ())
+    name = choice.filename.encode()
+    options = {OPT_TFTP_SERVER: tftp_server_tlv, OPT_BOOTFILE: tlv(OPT_BOOTFILE, name)}
+    tail = (tlv(OPT_VENDOR_CLASS, choice.vendor_class),) if choice.vendor_class else ()
+    # A URL too long for the 128-byte field travels in option 67 only.
+    return BootFields(options, name if len(name) <= FILE_SIZE else b"", server, tail)
+
+
+def relay_tail(msg: ClientMessage) -> tuple[bytes, ...]:
+    """Option 82 goes back to the relay unchanged (RFC 3046 2.2)."""
+    return (tlv(OPT_RELAY_AGENT, msg.relay_info),) if msg.relay_info is not None else ()
+
+
+def request_state(msg: ClientMessage, arrival: Arrival) -> CommitMode | None:
+    """Which client state a DHCPREQUEST comes from (RFC 2131 4.3.2)."""
+    if msg.server_id is not None:
+        return "select"
+    if msg.ciaddr != ZERO_IP:
+        # RENEWING is unicast straight to us; REBINDING is broadcast, and
+        # reaches us through a relay as a unicast with giaddr set.
+        return "rebind" if arrival.broadcast or msg.relayed else "renew"
+    if msg.requested_ip is not None:
+        return "reboot"
+    return None
+
+
+NAK, SILENCE = "nak", "silence"
+
+# What the store's refusal of a commit means to the client, per state. A
+# conflict is always a NAK. No record of the client: INIT-REBOOT and
+# REBINDING stay silent so that servers which share no state can coexist
+# (RFC 2131 4.3.2); a client that selected us, or renews with us, is told to
+# start over.
+COMMIT_ERRORS: dict[tuple[str, str], str] = {
+    ("select", ErrorCode.CONFLICT.value): NAK,
+    ("reboot", ErrorCode.CONFLICT.value): NAK,
+    ("renew", ErrorCode.CONFLICT.value): NAK,
+    ("rebind", ErrorCode.CONFLICT.value): NAK,
+    ("select", ErrorCode.NOT_FOUND.value): NAK,
+    ("reboot", ErrorCode.NOT_FOUND.value): SILENCE,
+    ("renew", ErrorCode.NOT_FOUND.value): NAK,
+    ("rebind", ErrorCode.NOT_FOUND.value): SILENCE,
+}
+
+
+class DhcpPolicy:
+    """The authoritative server: addresses from the store, boot files from the chain."""
+
+    def __init__(self, *, config: Config, store: Store, boot: BootChain, report: Report,
+                 stats: Counter[str], store_reports: bool = STORE_REPORTS) -> None:
+        self.store = store
+        self.boot = boot
+        self.report = report
+        self.stats = stats
+        # The store records the offer/ack/release/decline event itself when the
+        # lease request asks it to: one bus message per packet instead of two.
+        self.store_reports = store_reports
+        self._report = {"report": True} if store_reports else {}
+        self.subnets = SubnetTable(config)
+        self.server_ip = str(config.address)
+        self.server_id = tlv(OPT_SERVER_ID, socket.inet_aton(self.server_ip))
+        self.tftp_server = tlv(OPT_TFTP_SERVER, self.server_ip.encode())
+        self.server_port = config.dhcp.port
+        self.client_port = config.dhcp.client_port
+        self._lease_times: dict[int, bytes] = {}
+        self._handlers: dict[type, Callable[[ClientMessage, Arrival],
+                                            Awaitable[Outgoing | None]]] = {
+            Discover: self._discover, Request: self._request, Decline: self._decline,
+            Release: self._release, Inform: self._inform,
+        }
+
+    async def handle(self, msg: ClientMessage, arrival: Arrival = BROADCAST) -> Outgoing | None:
+        try:
+            return await self._handlers[type(msg)](msg, arrival)  # type: ignore[arg-type]
+        except BusTimeout as exc:
+            # The client retransmits; by then the store may be back.
+            self.stats["store_timeouts"] += 1
+            log.warning("%s from %s (xid %08x): store did not answer: %s",
+                        msg.name, msg.mac, msg.xid, exc)
+            return None
+
+    # -- helpers -------------------------------------------------------------
+
+    def _ignore(self, why: str, msg: ClientMessage) -> None:
+        self.stats[f"ignored.{why}"] += 1
+        log.debug("%s from %s (xid %08x) ignored: %s", msg.name, msg.mac, msg.xid, why)
+
+    def _store_error(self, msg: ClientMessage, reply: Reply) -> None:
+        code = reply.code if isinstance(reply, ErrorReply) else type(reply).__name__
+        self.stats[f"store.{code}"] += 1
+        log.warning("%s from %s (xid %08x): store answered %s: %s", msg.name, msg.mac,
+                    msg.xid, code, getattr(reply, "detail", ""))
+
+    def _subnet(self, msg: ClientMessage) -> SubnetProfile | None:
+        subnet = self.subnets.for_message(msg.giaddr)
+        if subnet is None:
+            self._ignore("unknown_relay", msg)
+        return subnet
+
+    def _lease_tlvs(self, lease_time: int) -> bytes:
+        cached = self._lease_times.get(lease_time)
+        if cached is None:
+            cached = self._lease_times[lease_time] = lease_times(lease_time)
+        return cached
+
+    def _network_options(self, msg: ClientMessage, subnet: SubnetProfile,
+                         machine: MachineRecord | None) -> dict[int, bytes]:
+        options = dict(subnet.options)
+        del options[OPT_TFTP_SERVER]  # only with a boot file
+        if OPT_ROUTER not in options and msg.giaddr != ZERO_IP:
+            # A relayed subnet without a configured gateway: the relay's
+            # address on the client's link is its router.
+            options[OPT_ROUTER] = tlv(OPT_ROUTER, socket.inet_aton(msg.giaddr))
+        if machine is not None and machine.name:
+            options[OPT_HOST_NAME] = tlv(OPT_HOST_NAME, machine.name.encode())
+        return options
+
+    def _lease_reply(self, msg: ClientMessage, message_type: int, subnet: SubnetProfile,
+                     reply: LeaseReply) -> tuple[Outgoing, BootChoice | None]:
+        lease, machine = reply.lease, reply.machine
+        options = self._network_options(msg, subnet, machine)
+        choice = self.boot.choose(msg, machine)
+        boot = boot_fields(choice, self.server_ip, self.tftp_server)
+        options.update(boot.options)
+        payload = write(msg, message_type, options, server_id=self.server_id,
+                        yiaddr=lease.ip, siaddr=boot.siaddr,
+                        ciaddr=msg.ciaddr if message_type == DHCPACK else ZERO_IP,
+                        file=boot.file, lease=self._lease_tlvs(lease.lease_time),
+                        tail=boot.tail + relay_tail(msg))
+        dest = destination(msg, message_type, lease.ip, server_port=self.server_port,
+                           client_port=self.client_port)
+        return Outgoing(payload, dest, message_type), choice
+
+    def _nak(self, msg: ClientMessage, reason: str, ip: str | None) -> Outgoing:
+        self.stats["naks"] += 1
+        self.report(stages.DHCP_NAK, msg.mac, ip, reason)
+        log.info("NAK to %s (xid %08x) for %s: %s", msg.mac, msg.xid, ip, reason)
+        payload = write(msg, DHCPNAK, {}, server_id=self.server_id,
+                        tail=(tlv(OPT_MESSAGE, reason.encode()),) + relay_tail(msg))
+        dest = destination(msg, DHCPNAK, ZERO_IP, server_port=self.server_port,
+                           client_port=self.client_port)
+        return Outgoing(payload, dest, DHCPNAK)
+
+    # -- DISCOVER ------------------------------------------------------------
+
+    async def _discover(self, msg: ClientMessage, arrival: Arrival) -> Outgoing | None:
+        subnet = self._subnet(msg)
+        if subnet is None:
+            return None
+        reply = await self.store.request(LeaseOffer(
+            mac=msg.mac, subnet=subnet.name, client_id=msg.client_id,
+            requested_ip=msg.requested_ip, hostname=msg.hostname, **self._report))
+        if not isinstance(reply, LeaseReply):
+            if isinstance(reply, ErrorReply) and reply.code == ErrorCode.POOL_EXHAUSTED.value:
+                self.stats["pool_exhausted"] += 1
+                log.warning("no free address in %s for %s", subnet.name, msg.mac)
+            else:
+                self._store_error(msg, reply)
+            return None
+        out, choice = self._lease_reply(msg, DHCPOFFER, subnet, reply)
+        self.stats["offers"] += 1
+        if not self.store_reports:
+            self.report(stages.DHCP_OFFER, msg.mac, reply.lease.ip,
+                        choice.filename if choice else "")
+        return out
+
+    # -- REQUEST -------------------------------------------------------------
+
+    async def _request(self, msg: ClientMessage, arrival: Arrival) -> Outgoing | None:
+        mode = request_state(msg, arrival)
+        if mode is None:
+            self._ignore("request_without_address", msg)
+            return None
+        if mode == "select" and msg.server_id != self.server_ip:
+            self._ignore("other_server", msg)  # the client chose another server
+            return None
+        ip = msg.ciaddr if mode in ("renew", "rebind") else msg.requested_ip
+        assert ip is not None
+        if mode == "renew":
+            subnet = self.subnets.by_address(ip)  # unicast: no giaddr to go by
+        else:
+            subnet = self._subnet(msg)
+            if subnet is None:
+                return None  # a relay whose subnet is not configured
+        if subnet is None or not subnet.contains(ip):
+            # Checked here, without the store: INIT-REBOOT on the wrong network,
+            # or renewing an address that is on none of ours (RFC 2131 4.3.2).
+            return self._nak(msg, f"{ip} is not on this network", ip)
+        reply = await self.store.request(LeaseCommit(
+            mac=msg.mac, subnet=subnet.name, ip=ip, mode=mode, client_id=msg.client_id,
+            hostname=msg.hostname, **self._report))
+        if isinstance(reply, LeaseReply):
+            out, choice = self._lease_reply(msg, DHCPACK, subnet, reply)
+            self.stats["acks"] += 1
+            self.stats[f"acks.{mode}"] += 1
+            if not self.store_reports:
+                self.report(stages.DHCP_ACK, msg.mac, reply.lease.ip,
+                            f"{mode} {choice.filename}" if choice else mode)
+            return out
+        if isinstance(reply, ErrorReply):
+            action = COMMIT_ERRORS.get((mode, reply.code))
+            if action == NAK:
+                return self._nak(msg, reply.detail or f"{ip} is not yours", ip)
+            if action == SILENCE:
+                self._ignore(f"unknown_client_{mode}", msg)
+                return None
+        self._store_error(msg, reply)
+        return None
+
+    # -- DECLINE, RELEASE, INFORM --------------------------------------------
+
+    async def _decline(self, msg: ClientMessage, arrival: Arrival) -> None:
+        if msg.server_id != self.server_ip:
+            self._ignore("other_server", msg)
+            return
+        assert msg.requested_ip is not None
+        reply = await self.store.request(LeaseDecline(mac=msg.mac, ip=msg.requested_ip,
+                                                      client_id=msg.client_id, **self._report))
+        if isinstance(reply, ErrorReply):
+            self._store_error(msg, reply)
+            return
+        self.stats["declines"] += 1
+        log.warning("%s declined %s (address in use on the network?)", msg.mac,
+                    msg.requested_ip)
+        if not self.store_reports:
+            self.report(stages.DHCP_DECLINE, msg.mac, msg.requested_ip, "")
+        return
+
+    async def _release(self, msg: ClientMessage, arrival: Arrival) -> None:
+        if msg.server_id is not None and msg.server_id != self.server_ip:
+            self._ignore("other_server", msg)
+            return
+        reply = await self.store.request(LeaseRelease(mac=msg.mac, ip=msg.ciaddr,
+                                                      client_id=msg.client_id, **self._report))
+        if isinstance(reply, ErrorReply):
+            self._store_error(msg, reply)
+            return
+        self.stats["releases"] += 1
+        if not self.store_reports:
+            self.report(stages.DHCP_RELEASE, msg.mac, msg.ciaddr, "")
+        return
+
+    async def _inform(self, msg: ClientMessage, arrival: Arrival) -> Outgoing | None:
+        """ACK with the network's settings and no lease (RFC 2131 4.3.5)."""
+        if msg.relayed:
+            subnet = self._subnet(msg)
+        else:
+            address = msg.ciaddr if msg.ciaddr != ZERO_IP else arrival.source[0]
+            subnet = self.subnets.by_address(address)
+            if subnet is None:
+                self._ignore("inform_from_unknown_network", msg)
+        if subnet is None:
+            return None
+        options = self._network_options(msg, subnet, None)
+        payload = write(msg, DHCPACK, options, server_id=self.server_id, ciaddr=msg.ciaddr,
+                        tail=relay_tail(msg))
+        self.stats["informs"] += 1
+        dest = destination(msg, DHCPACK, ZERO_IP, server_port=self.server_port,
+                           client_port=self.client_port)
+        return Outgoing(payload, dest, DHCPACK)
