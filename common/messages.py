@@ -191,6 +191,9 @@ class LeaseOffer(Request):
     client_id: bytes | None = None
     requested_ip: str | None = None
     hostname: str | None = None
+    # True: the store also records and publishes the ``dhcp.offer`` boot event
+    # (service dhcpd), so the caller sends no EventReport for it.
+    report: bool = False
 
 
 @message("lease.commit")
@@ -207,6 +210,9 @@ class LeaseCommit(Request):
     mode: CommitMode
     client_id: bytes | None = None
     hostname: str | None = None
+    # True: once the lease is durable the store also records and publishes the
+    # ``dhcp.ack`` boot event (service dhcpd): one message per ACK instead of two.
+    report: bool = False
 
 
 @message("lease.release")
@@ -214,6 +220,7 @@ class LeaseRelease(Request):
     mac: str
     ip: str
     client_id: bytes | None = None
+    report: bool = False  # True: the store records ``dhcp.release`` itself
 
 
 @message("lease.decline")
@@ -221,6 +228,7 @@ class LeaseDecline(Request):
     mac: str
     ip: str
     client_id: bytes | None = None
+    report: bool = False  # True: the store records ``dhcp.decline`` itself
 
 
 @message("lease.lookup")

@@ -1,0 +1,293 @@
+"""The digest-keyed file cache shared by the store and the front ends.
+
+Every cached file is named by the hex SHA-256 of its bytes
+(``<root>/<sha256>``) and is written only through :meth:`DigestCache.write`
+or :meth:`DigestCache.add`: into a temporary file in the same folder,
+hashed while written, compared, fsynced and renamed into place. A reader
+therefore never sees a partial file, and a file under a digest's name held
+the right bytes when it was written.
+
+A front end on the store's host opens ``path_for(digest)`` straight after
+the store's ``ContentStat`` reply; a front end on another host calls
+:func:`fetch_to_cache` (or :func:`fetch_to_cache_async`), which streams the
+bytes over the bus with ``ContentRead`` once and serves locally afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator, Iterable, Iterator
+
+from .errors import AstralBootError
+from .messages import ContentDataReply, ContentEntry, ContentRead
+
+if TYPE_CHECKING:
+    from .bus.client import AsyncBusClient, SyncBusClient
+
+READ_CHUNK = 1 << 20  # bytes per ContentRead; the store accepts up to MAX_READ
+MAX_READ = 4 << 20
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_TEMP_PREFIX = ".tmp-"
+
+
+class CacheError(AstralBootError):
+    """The content cache could not produce a verified file."""
+
+
+class BadDigest(CacheError):
+    """A digest is not 64 lower-case hex characters."""
+
+    def __init__(self, digest: object) -> None:
+        self.digest = digest
+        super().__init__(f"{digest!r} is not a hex SHA-256 digest")
+
+
+class DigestMismatch(CacheError):
+    """The bytes written do not hash to the digest they were written under."""
+
+    def __init__(self, expected: str, actual: str, size: int) -> None:
+        self.expected = expected
+        self.actual = actual
+        self.size = size
+        super().__init__(f"content for {expected} hashed to {actual} ({size} bytes); discarded")
+
+
+class SizeMismatch(CacheError):
+    """The store sent a different number of bytes than the entry said."""
+
+    def __init__(self, digest: str, expected: int, actual: int) -> None:
+        self.digest = digest
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"content for {digest}: expected {expected} bytes, got {actual}")
+
+
+def check_digest(digest: str) -> str:
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise BadDigest(digest)
+    return digest
+
+
+def sha256_file(path: Path, chunk: int = READ_CHUNK) -> tuple[str, int]:
+    """The hex SHA-256 and size of a file's current bytes."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+class DigestCache:
+    """A folder of immutable files named by their SHA-256."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, digest: str) -> Path:
+        return self.root / check_digest(digest)
+
+    def lookup(self, digest: str, size: int) -> Path | None:
+        """The cached file if it is present with the expected size (one stat)."""
+        path = self.path_for(digest)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return path if st.st_size == size else None
+
+    def write(self, digest: str, chunks: Iterable[bytes]) -> Path:
+        """Store ``chunks`` under ``digest``; raise DigestMismatch if they differ."""
+        return _drain(self.spool(digest), chunks)
+
+    def add(self, chunks: Iterable[bytes]) -> tuple[str, int, Path]:
+        """Store bytes whose digest is not known yet; returns (digest, size, path)."""
+        spool = self.spool(None)
+        path = _drain(spool, chunks)
+        return path.name, spool.size, path
+
+    def spool(self, digest: str | None) -> "Spool":
+        """A temporary file to feed; ``finish()`` verifies and publishes it."""
+        if digest is not None:
+            check_digest(digest)
+        return Spool(self.root, digest)
+
+    def verify(self, digest: str) -> bool:
+        """Re-hash a cached file; a file that fails is removed."""
+        path = self.path_for(digest)
+        try:
+            actual, _ = sha256_file(path)
+        except FileNotFoundError:
+            return False
+        if actual == digest:
+            return True
+        path.unlink(missing_ok=True)
+        return False
+
+    def drop(self, digest: str) -> None:
+        self.path_for(digest).unlink(missing_ok=True)
+
+    def remove_stale_temporaries(self, older_than: float = 3600.0) -> int:
+        """Delete temporary files left by a writer that died mid-way."""
+        removed = 0
+        cutoff = time.time() - older_than
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            if entry.name.startswith(_TEMP_PREFIX):
+                try:
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+
+class Spool:
+    """One file being written into the cache: temp file, hash, fsync, rename."""
+
+    def __init__(self, root: Path, digest: str | None) -> None:
+        self.root = root
+        self.expected = digest
+        self.size = 0
+        self._hash = hashlib.sha256()
+        root.mkdir(parents=True, exist_ok=True)
+        self._temp = root / f"{_TEMP_PREFIX}{secrets.token_hex(8)}"
+        self._file = open(self._temp, "xb")
+
+    def feed(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._temp.unlink(missing_ok=True)
+
+    def finish(self) -> Path:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            actual = self._hash.hexdigest()
+            if self.expected is not None and actual != self.expected:
+                raise DigestMismatch(self.expected, actual, self.size)
+            os.chmod(self._temp, 0o644)
+            final = self.root / actual
+            os.replace(self._temp, final)
+        except BaseException:
+            self.abort()
+            raise
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return final
+
+
+def _drain(spool: Spool, chunks: Iterable[bytes]) -> Path:
+    try:
+        for chunk in chunks:
+            spool.feed(chunk)
+    except BaseException:
+        spool.abort()
+        raise
+    return spool.finish()
+
+
+def _entry_digest(entry: ContentEntry) -> str:
+    if entry.is_dir or entry.digest is None:
+        raise CacheError(f"{entry.path} is a folder, not a file")
+    return check_digest(entry.digest)
+
+
+def _read_request(digest: str, offset: int, size: int) -> ContentRead:
+    return ContentRead(digest=digest, offset=offset, length=min(READ_CHUNK, size - offset))
+
+
+def _checked_data(reply: object, digest: str, offset: int, size: int) -> bytes:
+    if not isinstance(reply, ContentDataReply):
+        raise CacheError(f"unexpected reply {type(reply).__name__} to content.read")
+    if reply.size != size:
+        raise SizeMismatch(digest, size, reply.size)
+    if reply.offset != offset or (not reply.data and offset < size):
+        raise CacheError(f"content.read of {digest} at {offset} returned nothing")
+    if offset + len(reply.data) > size:
+        raise SizeMismatch(digest, size, offset + len(reply.data))
+    return reply.data
+
+
+def fetch_to_cache(bus: "SyncBusClient", cache: DigestCache, entry: ContentEntry) -> Path:
+    """The cached file for ``entry``, streaming it from the store if missing.
+
+    Raises :class:`RemoteError`/:class:`BusTimeout` when the store cannot
+    send it, :class:`CacheError` when what arrived is wrong (nothing is left
+    behind; the next call fetches again).
+    """
+    digest = _entry_digest(entry)
+    found = cache.lookup(digest, entry.size)
+    if found is not None:
+        return found
+
+    def chunks() -> Iterator[bytes]:
+        offset = 0
+        while offset < entry.size:
+            reply = bus.call(_read_request(digest, offset, entry.size))
+            data = _checked_data(reply, digest, offset, entry.size)
+            yield data
+            offset += len(data)
+
+    try:
+        return cache.write(digest, chunks())
+    except DigestMismatch:
+        # What arrived was wrong and is gone; the store re-verifies its own
+        # copy on every read, so one more attempt fetches good bytes or fails.
+        return cache.write(digest, chunks())
+
+
+async def fetch_to_cache_async(bus: "AsyncBusClient", cache: DigestCache,
+                               entry: ContentEntry) -> Path:
+    """:func:`fetch_to_cache` for asyncio code.
+
+    Writing, hashing and the fsync run in a worker thread: a 40 MB fetch
+    must not stall the other transfers served from the same loop.
+    """
+    digest = _entry_digest(entry)
+    found = cache.lookup(digest, entry.size)
+    if found is not None:
+        return found
+
+    async def chunks() -> AsyncIterator[bytes]:
+        offset = 0
+        while offset < entry.size:
+            reply = await bus.call(_read_request(digest, offset, entry.size))
+            data = _checked_data(reply, digest, offset, entry.size)
+            yield data
+            offset += len(data)
+
+    for attempt in (1, 2):
+        spool = cache.spool(digest)
+        try:
+            async for chunk in chunks():
+                await asyncio.to_thread(spool.feed, chunk)
+        except BaseException:
+            spool.abort()
+            raise
+        try:
+            return await asyncio.to_thread(spool.finish)
+        except DigestMismatch:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")

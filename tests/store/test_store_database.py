@@ -1,0 +1,117 @@
+"""The database layer alone, on both backends: group commits and their final guard."""
+
+from __future__ import annotations
+
+import time
+from ipaddress import IPv4Address, IPv4Network
+from typing import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from astralboot.common.config import SubnetConfig
+from astralboot.services.store.database import Database, create_engine, migrate, query_events
+from astralboot.services.store.journal import (Batch, EventPruning, EventWrite, LeaseWrite,
+                                               MachineWrite, ReservationDeletion,
+                                               ReservationWrite)
+
+NET = "10.9.0.0/24"
+
+
+@pytest.fixture
+def db(database: str) -> Iterator[Database]:
+    engine = create_engine(database)
+    migrate(engine)
+    d = Database(engine)
+    d.sync_pools([SubnetConfig(network=IPv4Network(NET), range_start=IPv4Address("10.9.0.10"),
+                               range_end=IPv4Address("10.9.0.200"), gateway=None, dns=(),
+                               lease_time=3600, relayed=False)])
+    yield d
+    d.close()
+
+
+def lease(ip: str, mac: str, state: str = "bound") -> dict[str, object]:
+    return {"address": ip, "subnet": NET, "mac": mac, "client_id": None, "hostname": None,
+            "state": state, "expires": time.time() + 3600, "lease_time": 3600,
+            "updated": time.time()}
+
+
+def machine(mac: str, name: str) -> dict[str, object]:
+    return {"mac": mac, "name": name, "os": None, "machine_class": None, "labels": {"k": "v"},
+            "boot_once": True, "first_seen": 1.0, "last_seen": 2.0}
+
+
+def test_one_batch_holds_every_kind_of_write(db: Database) -> None:
+    batch = Batch()
+    batch.add([LeaseWrite(lease("10.9.0.10", "02:00:00:00:00:01"), insert=True),
+               MachineWrite(machine("02:00:00:00:00:01", "node10"), insert=True)])
+    batch.add([LeaseWrite(lease("10.9.0.10", "02:00:00:00:00:01", "released"), insert=False)])
+    batch.add([ReservationWrite({"mac": "02:00:00:00:00:02", "address": "10.9.0.50",
+                                 "name": "res", "os": None})])
+    batch.add([EventWrite({"id": i, "time": 1.0, "mac": "02:00:00:00:00:01", "ip": None,
+                           "service": "dhcpd", "stage": "dhcp.ack", "detail": ""})
+               for i in range(1, 6)])
+    batch.add_read(lambda conn: query_events(conn, "02:00:00:00:00:01", 2, 10), token=None)
+    outcome = db.apply(batch)
+    assert outcome.failed == frozenset()
+    assert [e.id for e in outcome.reads[0]] == [3, 4, 5]  # the read saw the batch
+    snapshot = db.load()
+    assert [(r["address"], r["state"]) for r in snapshot.leases] == [("10.9.0.10", "released")]
+    assert snapshot.machines[0]["labels"] == {"k": "v"}
+    assert snapshot.machines[0]["boot_once"] is True
+    assert snapshot.reservations[0]["address"] == "10.9.0.50"
+    assert (snapshot.last_event_id, snapshot.event_count) == (5, 5)
+
+    later = Batch()
+    later.add([EventPruning(upto=3), ReservationDeletion("02:00:00:00:00:02")])
+    db.apply(later)
+    snapshot = db.load()
+    assert (snapshot.last_event_id, snapshot.event_count, snapshot.reservations) == (5, 2, [])
+
+
+def test_the_unique_address_is_the_final_guard(db: Database) -> None:
+    """A write the constraint refuses fails alone; the rest of its batch is kept."""
+    first = Batch()
+    first.add([LeaseWrite(lease("10.9.0.20", "02:00:00:00:00:0a"), insert=True)])
+    assert db.apply(first).failed == frozenset()
+
+    batch = Batch()
+    batch.add([LeaseWrite(lease("10.9.0.21", "02:00:00:00:00:0b"), insert=True)])
+    batch.add([LeaseWrite(lease("10.9.0.20", "02:00:00:00:00:0c"), insert=True),  # taken
+               MachineWrite(machine("02:00:00:00:00:0c", "node-c"), insert=True)])
+    batch.add([LeaseWrite(lease("10.9.0.22", "02:00:00:00:00:0d"), insert=True)])
+    outcome = db.apply(batch)
+    assert outcome.failed == frozenset({1})
+    rows = {r["address"]: r["mac"] for r in db.load().leases}
+    assert rows == {"10.9.0.20": "02:00:00:00:00:0a", "10.9.0.21": "02:00:00:00:00:0b",
+                    "10.9.0.22": "02:00:00:00:00:0d"}
+    # The refused request's other writes went with it.
+    assert db.load().machines == []
+
+
+def test_sqlite_runs_its_checkpoints_beside_the_writer(db: Database) -> None:
+    if not db.is_sqlite:
+        db.start_checkpoints()  # a no-op elsewhere
+        assert db._checkpointer is None  # noqa: SLF001
+        return
+    db.start_checkpoints(interval=0.05)
+    try:
+        for n in range(40):
+            batch = Batch()
+            batch.add([EventWrite({"id": n + 1, "time": 1.0, "mac": "02:00:00:00:00:01",
+                                   "ip": None, "service": "x", "stage": "y", "detail": "z" * 500})])
+            db.apply(batch)
+            time.sleep(0.01)
+        time.sleep(0.3)  # a few checkpoint intervals with nothing new written
+        for _ in range(50):  # busy while the background checkpoint runs: ask again
+            with db.engine.connect() as conn:
+                busy, log_frames, done = conn.exec_driver_sql(
+                    "PRAGMA wal_checkpoint(PASSIVE)").one()
+            if not busy:
+                break
+            time.sleep(0.02)
+        assert busy == 0 and log_frames == done  # everything written reached the database
+    finally:
+        db.stop_checkpoints()
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM boot_events")).scalar_one() == 40
