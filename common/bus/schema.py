@@ -163,8 +163,15 @@ def _converter(tp: Any) -> Converter:
         return literal
     if origin in (typing.Union, types.UnionType):
         alternatives = [_converter(a) for a in args]
+        # Most values are a plain type the union names outright (None above
+        # all): look it up instead of trying each alternative in turn.
+        exact = {a: c for a, c in zip(args, alternatives)
+                 if a in (type(None), bool, int, float, str, bytes)}
 
         def union(v: Any, path: str) -> Any:
+            conv = exact.get(type(v))
+            if conv is not None:
+                return v
             for conv in alternatives:
                 try:
                     return conv(v, path)

@@ -19,8 +19,8 @@ from astralboot.common.bus.client import AsyncBusClient, SyncBusClient
 from astralboot.common.bus.events import EventSubscriber, boot_event, publish_frames
 from astralboot.common.bus.frames import pack, unpack
 from astralboot.common.errors import BusTimeout, ErrorCode, RemoteError
-from astralboot.common.messages import (ErrorReply, Health, HealthReply, MachineGet,
-                                        MachineRecord, MachineReply)
+from astralboot.common.messages import (ErrorReply, EventReport, Health, HealthReply,
+                                        MachineGet, MachineRecord, MachineReply)
 
 
 class EchoStore:
@@ -34,6 +34,8 @@ class EchoStore:
         self.endpoint = endpoint
         self.drop_first = drop_first
         self.seen: set[int] = set()
+        self.copies: Counter[int] = Counter()
+        self.events: list[EventReport] = []
         self.stats: Counter[str] = Counter()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -59,6 +61,10 @@ class EchoStore:
             incoming, answer = bus_server.decode(sock.recv_multipart(), self.stats)
             if incoming is not None:
                 req = incoming.request
+                if isinstance(req, EventReport):
+                    self.events.append(req)
+                    continue
+                self.copies[req.request_id] += 1
                 if self.drop_first and req.request_id not in self.seen:
                     self.seen.add(req.request_id)
                     continue
@@ -161,6 +167,51 @@ def test_lost_replies_are_retried_on_a_fresh_socket(endpoint: str) -> None:
             assert sync.stats["resets"] == 1
     assert [r.machine.mac for r in replies] == [f"x{i}" for i in range(20)]
     assert stats["resets"] >= 1 and stats["retries"] >= 1
+
+
+def test_a_lost_reply_is_retried_with_the_same_request_id(short_tmp: Path) -> None:
+    endpoint = f"ipc://{short_tmp / 'bus.sock'}"
+
+    async def run() -> tuple[MachineReply, Counter[str]]:
+        async with AsyncBusClient(endpoint, deadline=3.0, retries=2) as client:
+            return await client.call(MachineGet(mac="one")), client.stats
+
+    with EchoStore(endpoint, drop_first=True) as store:
+        reply, stats = asyncio.run(run())
+        assert list(store.copies.values()) == [2]  # one id, sent twice
+    assert reply.machine.mac == "one" and stats["retries"] == 1
+
+
+def test_async_client_recovers_when_the_store_comes_back(short_tmp: Path) -> None:
+    endpoint = f"ipc://{short_tmp / 'bus.sock'}"
+
+    async def run() -> tuple[MachineReply, Counter[str]]:
+        async with AsyncBusClient(endpoint, deadline=1.0) as client:
+            with pytest.raises(BusTimeout):
+                await client.call(MachineGet(mac="early"), deadline=0.3)
+            with EchoStore(endpoint):
+                reply = await client.call(MachineGet(mac="late"), deadline=5)
+            return reply, client.stats
+
+    reply, stats = asyncio.run(run())
+    assert reply.machine.mac == "late"
+    assert stats["resets"] >= 1  # nothing heard: the socket was reopened
+
+
+def test_notifications_arrive_in_order_before_a_later_request(short_tmp: Path) -> None:
+    endpoint = f"ipc://{short_tmp / 'bus.sock'}"
+    macs = [f"02:00:00:00:00:0{i}" for i in range(5)]
+
+    async def run() -> None:
+        async with AsyncBusClient(endpoint) as client:
+            for mac in macs:
+                client.notify(boot_event("dhcpd", "dhcp.ack", mac, "192.0.2.9"))
+            # When this reply comes back the store has read the events before it.
+            await client.call(MachineGet(mac="after"))
+
+    with EchoStore(endpoint) as store:
+        asyncio.run(run())
+        assert [e.event.mac for e in store.events] == macs
 
 
 def test_store_restart_mid_conversation_is_survived(short_tmp: Path) -> None:
