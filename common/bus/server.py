@@ -46,8 +46,14 @@ def _answers_health(endpoint: str, timeout: float = 0.3) -> bool:
         sock.close(linger=0)
 
 
-def bind(sock: zmq.Socket, endpoint: str, service: str) -> None:
-    """Bind ``sock``, turning the usual failures into a clear StartupError."""
+def bind(sock: zmq.Socket, endpoint: str, service: str, *, answers_health: bool = True) -> None:
+    """Bind ``sock``, turning the usual failures into a clear StartupError.
+
+    An ipc socket file left behind by a process that died is replaced; one
+    whose owner still answers Health means another process serves there.
+    A socket that does not answer Health (a PUB) passes ``answers_health=False``
+    and must be bound only after one that does, which proves the files stale.
+    """
     path = ipc_path(endpoint)
     if path is not None:
         try:
@@ -55,7 +61,7 @@ def bind(sock: zmq.Socket, endpoint: str, service: str) -> None:
         except OSError as exc:
             raise StartupError(service, f"cannot create {path.parent}: {exc.strerror}") from None
         if path.exists():
-            if _answers_health(endpoint):
+            if answers_health and _answers_health(endpoint):
                 raise StartupError(service, f"another process already serves {endpoint}")
             path.unlink(missing_ok=True)  # left behind by a process that died
     try:

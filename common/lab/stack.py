@@ -41,11 +41,14 @@ def write_config(folder: Path, *, interface: str = "br0", address: str = "192.0.
                  extra: dict[str, Any] | None = None) -> Path:
     """Write ``folder/config.toml`` for a lab; ``extra`` maps dotted keys to values.
 
-    The runtime folder is a short path under /tmp because UNIX socket paths
-    are limited to about 100 characters.
+    The runtime folder sits in ``folder`` when that keeps socket paths short
+    (UNIX socket paths are limited to about 100 characters), else in a new
+    folder under /tmp.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    runtime = Path(tempfile.mkdtemp(prefix="ab-run-"))
+    runtime = folder / "run"
+    if len(str(runtime)) > 60:
+        runtime = Path(tempfile.mkdtemp(prefix="ab-run-"))
     settings: dict[str, Any] = {
         "interface": interface,
         "address": address,
@@ -126,9 +129,13 @@ class Stack:
             if proc.poll() is not None:
                 raise StackError(f"{name} exited with {proc.returncode} while starting:\n"
                                  f"{self.log_tail(name)}")
-            if name != "httpd" or self.netns is None:
-                # Bus and control sockets are files, reachable from any namespace.
-                health = check(load(self.config), name, timeout=1.0)
+            config = load(self.config)
+            # ipc sockets are files, reachable from any namespace; a tcp bus or
+            # HTTP inside the namespace is reached from inside it.
+            in_process = self.netns is None or (name in ("dhcpd", "tftpd") or
+                                                (name == "store" and config.bus.is_local))
+            if in_process:
+                health = check(config, name, timeout=1.0)
                 if health.ready:
                     return
                 last = health.error or health.status
