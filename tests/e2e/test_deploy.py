@@ -106,7 +106,14 @@ def test_supervisord_runs_all_four_and_revives_a_killed_one(lab: Lab, short_tmp:
         assert status.returncode == 0
         new = _pids(status.stdout)
         assert new["dhcpd"] != pids["dhcpd"] and new["store"] == pids["store"]
-        ctl = subprocess.run(supervisorctl + ["status"], env=env, capture_output=True, text=True)
+        # supervisord calls a program RUNNING once it has stayed up for startsecs.
+        deadline = time.monotonic() + 30
+        while True:
+            ctl = subprocess.run(supervisorctl + ["status"], env=env, capture_output=True,
+                                 text=True)
+            if ctl.stdout.count("RUNNING") == 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert ctl.stdout.count("RUNNING") == 4, ctl.stdout
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
