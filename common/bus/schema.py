@@ -52,6 +52,7 @@ class FieldSpec:
     convert: Converter
     required: bool
     nested: bool  # holds Records, so packing must turn them into maps
+    plain: frozenset[type]  # value types taken as they are, with no conversion
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,9 +61,15 @@ class ClassSpec:
     fields: tuple[FieldSpec, ...]
     nested: bool
 
+    @property
+    def decoding(self) -> tuple[tuple[str, Converter, bool, frozenset[type]], ...]:
+        return tuple((f.name, f.convert, f.required, f.plain) for f in self.fields)
+
 
 REGISTRY: dict[str, ClassSpec] = {}
 _RECORD_SPECS: dict[type, ClassSpec] = {}
+_DECODING: dict[type, tuple[tuple[str, Converter, bool, frozenset[type]], ...]] = {}
+_MISSING: Any = object()
 
 
 def message(kind: str) -> Callable[[type], type]:
@@ -73,7 +80,8 @@ def message(kind: str) -> Callable[[type], type]:
             raise TypeError(f"message kind {kind!r} registered twice")
         cls.kind = kind
         cls = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)(cls)
-        REGISTRY[kind] = _class_spec(cls, skip=("request_id",))
+        REGISTRY[kind] = spec = _class_spec(cls, skip=("request_id",))
+        _DECODING[cls] = spec.decoding
         return cls
 
     return wrap
@@ -82,7 +90,8 @@ def message(kind: str) -> Callable[[type], type]:
 def record(cls: type) -> type:
     """Class decorator for nested records."""
     cls = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)(cls)
-    _RECORD_SPECS[cls] = _class_spec(cls, skip=())
+    _RECORD_SPECS[cls] = spec = _class_spec(cls, skip=())
+    _DECODING[cls] = spec.decoding
     return cls
 
 
@@ -94,8 +103,24 @@ def _class_spec(cls: type, skip: tuple[str, ...]) -> ClassSpec:
             continue
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         tp = hints[f.name]
-        specs.append(FieldSpec(f.name, _converter(tp), required, _holds_record(tp)))
+        specs.append(FieldSpec(f.name, _converter(tp), required, _holds_record(tp),
+                               _plain_types(tp)))
     return ClassSpec(cls, tuple(specs), any(s.nested for s in specs))
+
+
+_PLAIN = (type(None), bool, int, str, bytes)
+
+
+def _plain_types(tp: Any) -> frozenset[type]:
+    """The value types a field of type ``tp`` accepts exactly as they come.
+
+    float is left out: an int must still be turned into a float.
+    """
+    if tp in _PLAIN:
+        return frozenset((tp,))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return frozenset(a for a in typing.get_args(tp) if a in _PLAIN)
+    return frozenset()
 
 
 def _holds_record(tp: Any) -> bool:
@@ -218,12 +243,16 @@ def build(spec: ClassSpec, body: dict[str, Any], path: str, **extra: Any) -> Any
     Keys the class does not declare are ignored, so a newer peer may add
     optional fields without a protocol version bump.
     """
-    kwargs = dict(extra)
-    for f in spec.fields:
-        if f.name in body:
-            kwargs[f.name] = f.convert(body[f.name], f"{path}.{f.name}")
-        elif f.required:
-            raise MalformedMessage(f"{path}.{f.name}: missing")
+    kwargs = extra
+    for name, convert, required, plain in _DECODING[spec.cls]:
+        value = body.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                raise MalformedMessage(f"{path}.{name}: missing")
+        elif type(value) in plain:
+            kwargs[name] = value  # the common case: no conversion, no path string
+        else:
+            kwargs[name] = convert(value, f"{path}.{name}")
     try:
         return spec.cls(**kwargs)
     except (TypeError, ValueError) as exc:  # __post_init__ checks
