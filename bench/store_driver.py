@@ -32,7 +32,7 @@ from astralboot.common.bus.client import AsyncBusClient
 from astralboot.common.bus.events import boot_event
 from astralboot.common.bus.frames import pack, unpack
 from astralboot.common.config import load
-from astralboot.common.messages import ErrorReply, LeaseCommit, LeaseOffer, LeaseReply
+from astralboot.common.messages import ErrorReply, LeaseCommit, LeaseGrant, LeaseOffer
 
 
 def mac_for(tag: int, client: int, n: int) -> str:
@@ -72,7 +72,7 @@ def raw(endpoint: str, subnet: str, clients: int, seconds: float, events: str,
                 break
             reply = unpack(frames[-1])
             client, mac, phase, started = waiting.pop(reply.request_id)
-            if isinstance(reply, ErrorReply) or not isinstance(reply, LeaseReply):
+            if isinstance(reply, ErrorReply) or not isinstance(reply, LeaseGrant):
                 errors += 1
                 start(client)
                 continue
@@ -80,7 +80,7 @@ def raw(endpoint: str, subnet: str, clients: int, seconds: float, events: str,
                 rid += 1
                 waiting[rid] = (client, mac, "commit", started)
                 sock.send_multipart([b"", pack(LeaseCommit(mac=mac, subnet=subnet,
-                                                           ip=reply.lease.ip, mode="select",
+                                                           ip=reply.ip, mode="select",
                                                            report=events == "report"),
                                                rid)])
                 continue
@@ -88,7 +88,7 @@ def raw(endpoint: str, subnet: str, clients: int, seconds: float, events: str,
             if events == "message":
                 rid += 1
                 sock.send_multipart([b"", pack(boot_event("dhcpd", "dhcp.ack", mac,
-                                                          reply.lease.ip), rid)])
+                                                          reply.ip), rid)])
             start(client)
     elapsed = time.perf_counter() - began
     sock.close()
@@ -113,18 +113,18 @@ def client(endpoint: str, subnet: str, clients: int, seconds: float, events: str
                 mac = mac_for(tag, c, n)
                 started = time.perf_counter()
                 offered = await bus.request(LeaseOffer(mac=mac, subnet=subnet))
-                if not isinstance(offered, LeaseReply):
+                if not isinstance(offered, LeaseGrant):
                     errors += 1
                     continue
                 bound = await bus.request(LeaseCommit(mac=mac, subnet=subnet,
-                                                      ip=offered.lease.ip, mode="select",
+                                                      ip=offered.ip, mode="select",
                                                       report=events == "report"))
-                if not isinstance(bound, LeaseReply):
+                if not isinstance(bound, LeaseGrant):
                     errors += 1
                     continue
                 latencies.append(time.perf_counter() - started)
                 if events == "message":
-                    bus.notify(boot_event("dhcpd", "dhcp.ack", mac, bound.lease.ip))
+                    bus.notify(boot_event("dhcpd", "dhcp.ack", mac, bound.ip))
 
         began = time.perf_counter()
         await asyncio.gather(*(one(c) for c in range(clients)))

@@ -114,6 +114,23 @@ class LeaseReply(Reply):
     machine: MachineRecord | None = None
 
 
+@message("ok.lease.grant")
+class LeaseGrant(Reply):
+    """The answer to LeaseOffer and LeaseCommit: what a DHCP reply is built from.
+
+    Flat and small on purpose: a busy DHCP server gets thousands a second.
+    ``name`` and ``os`` are the machine's (its host name option and its boot
+    script); the whole lease and machine records come from LeaseLookup.
+    """
+
+    ip: str
+    state: LeaseState
+    lease_time: int
+    expires: float
+    name: str | None = None
+    os: str | None = None
+
+
 @message("ok.leases")
 class LeaseListReply(Reply):
     leases: tuple[LeaseRecord, ...] = ()
@@ -184,7 +201,7 @@ CommitMode = Literal["select", "reboot", "renew", "rebind"]
 
 @message("lease.offer")
 class LeaseOffer(Request):
-    """Pick an address for a DISCOVER and hold it for a short while."""
+    """Pick an address for a DISCOVER and hold it for a short while → LeaseGrant."""
 
     mac: str
     subnet: str
@@ -192,13 +209,14 @@ class LeaseOffer(Request):
     requested_ip: str | None = None
     hostname: str | None = None
     # True: the store also records and publishes the ``dhcp.offer`` boot event
-    # (service dhcpd), so the caller sends no EventReport for it.
+    # (service dhcpd) with ``detail``, so the caller sends no EventReport for it.
     report: bool = False
+    detail: str = ""
 
 
 @message("lease.commit")
 class LeaseCommit(Request):
-    """Bind an address for a REQUEST; answered only once it is on disk.
+    """Bind an address for a REQUEST → LeaseGrant, answered only once it is on disk.
 
     ``conflict`` means NAK; ``not_found`` (INIT-REBOOT of an unknown client)
     means stay silent.
@@ -211,8 +229,10 @@ class LeaseCommit(Request):
     client_id: bytes | None = None
     hostname: str | None = None
     # True: once the lease is durable the store also records and publishes the
-    # ``dhcp.ack`` boot event (service dhcpd): one message per ACK instead of two.
+    # ``dhcp.ack`` boot event (service dhcpd) with ``detail``: one message per
+    # ACK instead of two.
     report: bool = False
+    detail: str = ""
 
 
 @message("lease.release")
@@ -221,6 +241,7 @@ class LeaseRelease(Request):
     ip: str
     client_id: bytes | None = None
     report: bool = False  # True: the store records ``dhcp.release`` itself
+    detail: str = ""
 
 
 @message("lease.decline")
@@ -229,6 +250,7 @@ class LeaseDecline(Request):
     ip: str
     client_id: bytes | None = None
     report: bool = False  # True: the store records ``dhcp.decline`` itself
+    detail: str = ""
 
 
 @message("lease.lookup")

@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from astralboot.common.bus.schema import Reply, Request
 from astralboot.common.errors import ErrorCode
@@ -21,7 +22,6 @@ from astralboot.common.messages import (
     ContentStat,
     ContentStatReply,
     ErrorReply,
-    MachineRecord,
 )
 
 from .constants import (
@@ -37,6 +37,16 @@ from .constants import (
 from .events import ClientMessage
 
 log = logging.getLogger(__name__)
+
+
+class Assignment(Protocol):
+    """What the boot chain needs to know of a machine: a LeaseGrant or a MachineRecord."""
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def os(self) -> str | None: ...
 
 # Where the binaries live in the data folder; tftpd serves this folder, and
 # httpd serves the same files at HTTP_BINARY_PREFIX for UEFI HTTP boot.
@@ -134,7 +144,7 @@ class BootChain:
         self.public_url = public_url.rstrip("/")
         self.catalogue = catalogue
 
-    def script_url(self, mac: str, machine: MachineRecord | None) -> str:
+    def script_url(self, mac: str, machine: Assignment | None) -> str:
         if machine is None or not machine.os:
             return self.public_url + MENU_PATH
         return self.public_url + BOOT_PATH.format(os=machine.os, mac=mac)
@@ -148,7 +158,7 @@ class BootChain:
             return self.catalogue.pick(ARM64_BINARIES, required=False)
         return None
 
-    def choose(self, msg: ClientMessage, machine: MachineRecord | None) -> BootChoice | None:
+    def choose(self, msg: ClientMessage, machine: Assignment | None) -> BootChoice | None:
         """The boot file for ``msg``'s client, or None if it is not booting."""
         if is_ipxe(msg):
             return BootChoice(self.script_url(msg.mac, machine), "ipxe")

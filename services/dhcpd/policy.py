@@ -9,7 +9,6 @@ OFFER, ACK, NAK or silence and fills in the options.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 from collections import Counter
@@ -29,11 +28,10 @@ from astralboot.common.messages import (
     LeaseDecline,
     LeaseOffer,
     LeaseRelease,
-    LeaseReply,
-    MachineRecord,
+    LeaseGrant,
 )
 
-from .bootchain import BootChain, BootChoice
+from .bootchain import Assignment, BootChain, BootChoice, is_ipxe
 from .constants import (
     CLIENT_PORT,
     DHCPACK,
@@ -57,12 +55,6 @@ from .reply import Outgoing, destination, lease_times, write
 from .subnets import SubnetProfile, SubnetTable
 
 log = logging.getLogger(__name__)
-
-
-# Whether this build's lease requests carry ``report`` (the store then records
-# the boot event itself); without it every event travels as its own message.
-STORE_REPORTS = all("report" in {f.name for f in dataclasses.fields(cls)}
-                    for cls in (LeaseOffer, LeaseCommit, LeaseRelease, LeaseDecline))
 
 
 class Store(Protocol):
@@ -149,15 +141,11 @@ class DhcpPolicy:
     """The authoritative server: addresses from the store, boot files from the chain."""
 
     def __init__(self, *, config: Config, store: Store, boot: BootChain, report: Report,
-                 stats: Counter[str], store_reports: bool = STORE_REPORTS) -> None:
+                 stats: Counter[str]) -> None:
         self.store = store
         self.boot = boot
-        self.report = report
+        self.report = report  # for a NAK; lease requests carry their own event
         self.stats = stats
-        # The store records the offer/ack/release/decline event itself when the
-        # lease request asks it to: one bus message per packet instead of two.
-        self.store_reports = store_reports
-        self._report = {"report": True} if store_reports else {}
         self.subnets = SubnetTable(config)
         self.server_ip = str(config.address)
         self.server_id = tlv(OPT_SERVER_ID, socket.inet_aton(self.server_ip))
@@ -206,7 +194,7 @@ class DhcpPolicy:
         return cached
 
     def _network_options(self, msg: ClientMessage, subnet: SubnetProfile,
-                         machine: MachineRecord | None) -> dict[int, bytes]:
+                         machine: Assignment | None) -> dict[int, bytes]:
         options = dict(subnet.options)
         del options[OPT_TFTP_SERVER]  # only with a boot file
         if OPT_ROUTER not in options and msg.giaddr != ZERO_IP:
@@ -218,20 +206,28 @@ class DhcpPolicy:
         return options
 
     def _lease_reply(self, msg: ClientMessage, message_type: int, subnet: SubnetProfile,
-                     reply: LeaseReply) -> tuple[Outgoing, BootChoice | None]:
-        lease, machine = reply.lease, reply.machine
-        options = self._network_options(msg, subnet, machine)
-        choice = self.boot.choose(msg, machine)
+                     grant: LeaseGrant) -> tuple[Outgoing, BootChoice | None]:
+        options = self._network_options(msg, subnet, grant)
+        choice = self.boot.choose(msg, grant)
         boot = boot_fields(choice, self.server_ip, self.tftp_server)
         options.update(boot.options)
         payload = write(msg, message_type, options, server_id=self.server_id,
-                        yiaddr=lease.ip, siaddr=boot.siaddr,
+                        yiaddr=grant.ip, siaddr=boot.siaddr,
                         ciaddr=msg.ciaddr if message_type == DHCPACK else ZERO_IP,
-                        file=boot.file, lease=self._lease_tlvs(lease.lease_time),
+                        file=boot.file, lease=self._lease_tlvs(grant.lease_time),
                         tail=boot.tail + relay_tail(msg))
-        dest = destination(msg, message_type, lease.ip, server_port=self.server_port,
+        dest = destination(msg, message_type, grant.ip, server_port=self.server_port,
                            client_port=self.client_port)
         return Outgoing(payload, dest, message_type), choice
+
+    def _event_detail(self, msg: ClientMessage) -> str:
+        """What the boot event says, known before the store answers: the boot
+        file for firmware, "iPXE" for a client already running iPXE (its
+        script depends on the machine's OS), nothing for an OS's own client."""
+        if is_ipxe(msg):
+            return "iPXE"
+        choice = self.boot.choose(msg, None)
+        return choice.filename if choice else ""
 
     def _nak(self, msg: ClientMessage, reason: str, ip: str | None) -> Outgoing:
         self.stats["naks"] += 1
@@ -251,19 +247,17 @@ class DhcpPolicy:
             return None
         reply = await self.store.request(LeaseOffer(
             mac=msg.mac, subnet=subnet.name, client_id=msg.client_id,
-            requested_ip=msg.requested_ip, hostname=msg.hostname, **self._report))
-        if not isinstance(reply, LeaseReply):
+            requested_ip=msg.requested_ip, hostname=msg.hostname,
+            report=True, detail=self._event_detail(msg)))
+        if not isinstance(reply, LeaseGrant):
             if isinstance(reply, ErrorReply) and reply.code == ErrorCode.POOL_EXHAUSTED.value:
                 self.stats["pool_exhausted"] += 1
                 log.warning("no free address in %s for %s", subnet.name, msg.mac)
             else:
                 self._store_error(msg, reply)
             return None
-        out, choice = self._lease_reply(msg, DHCPOFFER, subnet, reply)
+        out, _ = self._lease_reply(msg, DHCPOFFER, subnet, reply)
         self.stats["offers"] += 1
-        if not self.store_reports:
-            self.report(stages.DHCP_OFFER, msg.mac, reply.lease.ip,
-                        choice.filename if choice else "")
         return out
 
     # -- REQUEST -------------------------------------------------------------
@@ -290,14 +284,12 @@ class DhcpPolicy:
             return self._nak(msg, f"{ip} is not on this network", ip)
         reply = await self.store.request(LeaseCommit(
             mac=msg.mac, subnet=subnet.name, ip=ip, mode=mode, client_id=msg.client_id,
-            hostname=msg.hostname, **self._report))
-        if isinstance(reply, LeaseReply):
-            out, choice = self._lease_reply(msg, DHCPACK, subnet, reply)
+            hostname=msg.hostname, report=True,
+            detail=f"{mode} {self._event_detail(msg)}".rstrip()))
+        if isinstance(reply, LeaseGrant):
+            out, _ = self._lease_reply(msg, DHCPACK, subnet, reply)
             self.stats["acks"] += 1
             self.stats[f"acks.{mode}"] += 1
-            if not self.store_reports:
-                self.report(stages.DHCP_ACK, msg.mac, reply.lease.ip,
-                            f"{mode} {choice.filename}" if choice else mode)
             return out
         if isinstance(reply, ErrorReply):
             action = COMMIT_ERRORS.get((mode, reply.code))
@@ -317,29 +309,24 @@ class DhcpPolicy:
             return
         assert msg.requested_ip is not None
         reply = await self.store.request(LeaseDecline(mac=msg.mac, ip=msg.requested_ip,
-                                                      client_id=msg.client_id, **self._report))
+                                                      client_id=msg.client_id, report=True))
         if isinstance(reply, ErrorReply):
             self._store_error(msg, reply)
             return
         self.stats["declines"] += 1
         log.warning("%s declined %s (address in use on the network?)", msg.mac,
                     msg.requested_ip)
-        if not self.store_reports:
-            self.report(stages.DHCP_DECLINE, msg.mac, msg.requested_ip, "")
-        return
 
     async def _release(self, msg: ClientMessage, arrival: Arrival) -> None:
         if msg.server_id is not None and msg.server_id != self.server_ip:
             self._ignore("other_server", msg)
             return
         reply = await self.store.request(LeaseRelease(mac=msg.mac, ip=msg.ciaddr,
-                                                      client_id=msg.client_id, **self._report))
+                                                      client_id=msg.client_id, report=True))
         if isinstance(reply, ErrorReply):
             self._store_error(msg, reply)
             return
         self.stats["releases"] += 1
-        if not self.store_reports:
-            self.report(stages.DHCP_RELEASE, msg.mac, msg.ciaddr, "")
         return
 
     async def _inform(self, msg: ClientMessage, arrival: Arrival) -> Outgoing | None:

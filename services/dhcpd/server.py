@@ -20,6 +20,7 @@ from astralboot.common.config.model import Config
 from astralboot.common.errors import BusTimeout, StartupError
 from astralboot.common.frontend import FrontEnd
 from astralboot.common.frontend import run as run_frontend
+from astralboot.common.frontend import settle_heap
 
 from .bootchain import BinaryCatalogue, BootChain
 from .constants import BROADCAST_IP, PXE_PORT
@@ -34,7 +35,7 @@ from .sockets import ANCILLARY_SIZE, SERVICE, LinkSender, destination_of, open_u
 log = logging.getLogger(__name__)
 
 RECEIVE_BATCH = 64  # datagrams read per wake-up before yielding to other work
-MAX_IN_FLIGHT = 1024  # messages waiting on the store; beyond this, drop (clients retry)
+MAX_IN_FLIGHT = 4096  # messages waiting on the store; beyond this, drop (clients retry)
 CATALOGUE_REFRESH = 60.0
 CATALOGUE_RETRY = 5.0
 MAX_LOGGED_SOURCES = 4096
@@ -239,6 +240,7 @@ async def main(fe: FrontEnd) -> None:
     fe.extra_details = lambda: {"in_flight": server.in_flight(),
                                 "mode": "proxy" if dhcp.proxy else "authoritative"}
     refresher = asyncio.get_running_loop().create_task(_keep_catalogue(bus, catalogue))
+    settle_heap()
     server.start()
     fe.ready = True
     log.info("serving DHCP on %s port%s %s (%s)", config.interface, "s" if len(ports) > 1 else "",

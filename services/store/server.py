@@ -23,7 +23,6 @@ happen:
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import time
@@ -41,6 +40,7 @@ from astralboot.common.bus.server import Incoming, bind, decode, encode, health_
 from astralboot.common.config import Config
 from astralboot.common.content import DigestCache
 from astralboot.common.errors import ErrorCode, StartupError
+from astralboot.common.frontend import settle_heap
 from astralboot.common.messages import (BootEvent, ContentDataReply, ContentList,
                                         ContentListReply, ContentRead, ContentStat,
                                         ContentStatReply, ErrorReply, EventReport, Health)
@@ -59,11 +59,7 @@ RECENT_REPLIES = 65536  # answers to writes kept for retried requests
 DRAIN = 2000  # frames handled per wake-up before yielding to the loop
 REBUILD_RETRY = 1.0
 CONTENT_WORKERS = 4
-# The store keeps every lease and machine in memory. With the default
-# thresholds the cyclic collector runs every 700 allocations (a handful of
-# requests) and keeps walking that long-lived state; the loaded state is
-# frozen out of its sight and young collections are made rarer.
-GC_THRESHOLDS = (50_000, 20, 100)
+SLOW_COMMIT = 0.25  # seconds; a commit this slow holds every waiting ACK back
 
 _CONTENT_CODES = {BadPath: ErrorCode.BAD_REQUEST, ContentMissing: ErrorCode.NOT_FOUND}
 
@@ -126,6 +122,8 @@ class StoreServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch_sizes: Counter[str] = Counter()
         self._last_commit_ms = 0.0
+        self._max_commit_ms = 0.0
+        self._subscriptions: Counter[bytes] = Counter()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -137,9 +135,14 @@ class StoreServer:
         self._router = router
         bind(router, self.config.bus.endpoint, SERVICE)
         self._bound.append(self.config.bus.endpoint)
-        pub = self._ctx.socket(zmq.PUB)
+        # An XPUB tells who subscribes to what (every subscription, and an
+        # unsubscription when a subscriber goes away), so an event nobody
+        # watches is never even encoded: at thousands of leases a second,
+        # with no `events --follow` running, that is all of them.
+        pub = self._ctx.socket(zmq.XPUB)
         pub.setsockopt(zmq.LINGER, 0)
         pub.setsockopt(zmq.SNDHWM, 100_000)
+        pub.setsockopt(zmq.XPUB_VERBOSER, 1)
         self._pub = pub
         # The ROUTER bound above proves no other store runs here, so a file
         # at the events endpoint is stale (a PUB cannot answer a probe).
@@ -177,12 +180,40 @@ class StoreServer:
         self.db.start_checkpoints()
         self._stopped = loop.create_future()
         loop.add_reader(fd, self._drain)
+        assert self._pub is not None
+        pub_fd = int(self._pub.get(zmq.FD))
+        loop.add_reader(pub_fd, self._read_subscriptions)
         try:
             self._drain()  # frames that arrived before the reader was added
+            self._read_subscriptions()
             await self._stopped  # until cancelled, or a bug in a callback
         finally:
             loop.remove_reader(fd)
+            loop.remove_reader(pub_fd)
             await self._finish_writes()
+
+    def _read_subscriptions(self) -> None:
+        """Keep count of the topics (MAC prefixes) event subscribers asked for."""
+        pub = self._pub
+        if pub is None:
+            return
+        while int(_get(pub, _EVENTS)) & _POLLIN:
+            frame = _recv(pub, _NOBLOCK)
+            if not frame:
+                continue
+            topic = bytes(frame[1:])
+            if frame[0] == 1:
+                self._subscriptions[topic] += 1
+            elif frame[0] == 0 and self._subscriptions[topic] > 0:
+                self._subscriptions[topic] -= 1
+                if not self._subscriptions[topic]:
+                    del self._subscriptions[topic]
+
+    def _watched(self, mac: str) -> bool:
+        if not self._subscriptions:
+            return False
+        key = mac.encode()
+        return any(key.startswith(topic) for topic in self._subscriptions)
 
     def _drain(self) -> None:
         """Handle every frame waiting, then start a commit if one is due.
@@ -293,6 +324,9 @@ class StoreServer:
     def _publish(self, event: Any) -> None:
         pub = self._pub
         assert pub is not None
+        if not self._watched(event.mac):
+            self.stats["events_unwatched"] += 1
+            return
         topic, body = publish_frames(event)
         try:
             _send(pub, topic, _MORE)
@@ -341,6 +375,11 @@ class StoreServer:
         self.stats["batched_changes"] += len(batch.changes)
         self._batch_sizes["max"] = max(self._batch_sizes["max"], len(batch.changes))
         self._last_commit_ms = outcome.seconds * 1000
+        self._max_commit_ms = max(self._max_commit_ms, self._last_commit_ms)
+        if outcome.seconds > SLOW_COMMIT:
+            self.stats["commit.slow"] += 1
+            log.info("a commit of %d changes took %.0f ms", len(batch.changes),
+                     self._last_commit_ms)
         for i, change in enumerate(batch.changes):
             waiting = change.token
             if waiting is None:
@@ -470,6 +509,8 @@ class StoreServer:
         details["commit.changes"] = self.stats["batched_changes"]
         details["commit.max_batch"] = self._batch_sizes["max"]
         details["commit.last_ms"] = round(self._last_commit_ms, 3)
+        details["commit.max_ms"] = round(self._max_commit_ms, 3)
+        details["events.subscriptions"] = sum(self._subscriptions.values())
         details["commit.pending"] = len(self._pending.changes)
         for key in ("requests", "malformed", "dropped_frames", "retries_answered",
                     "retries_joined", "batches_failed", "rebuilds", "replies_dropped",
@@ -530,9 +571,7 @@ def run(config: Config) -> int:
 
 async def _main(config: Config) -> int:
     server = build(config)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    settle_heap()  # every lease and machine is in memory now: keep the collector off them
     try:
         server.bind()
     except StartupError:

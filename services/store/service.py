@@ -21,7 +21,7 @@ from astralboot.common.errors import ErrorCode
 from astralboot.common.messages import (BootEvent, Done, ErrorReply, EventList, EventListReply,
                                         EventReport, ImportReply, LeaseCommit, LeaseDecline,
                                         LeaseImport, LeaseList, LeaseListReply, LeaseLookup,
-                                        LeaseOffer, LeaseRecord, LeaseRelease, LeaseReply,
+                                        LeaseGrant, LeaseOffer, LeaseRelease, LeaseReply,
                                         MachineGet, MachineList, MachineListReply, MachineReply,
                                         MachineSet, Reservation, ReservationDelete,
                                         ReservationList, ReservationListReply, ReservationSet)
@@ -129,12 +129,11 @@ class StoreService:
     def offer(self, req: LeaseOffer, now: float) -> Result:
         client = Client(_mac(req.mac), req.client_id)
         lease = self.book.offer(req.subnet, client, req.requested_ip, req.hostname, now)
-        record = LeaseRecord(ip=lease.ip, mac=client.mac, subnet=lease.subnet, state="offered",
-                             expires=now + self.book.offer_hold, lease_time=lease.lease_time,
-                             client_id=req.client_id, hostname=req.hostname or lease.hostname)
-        result = Result(reply=LeaseReply(lease=record, machine=self._machine(client.mac, now)))
+        result = Result(reply=self._grant(lease.ip, "offered", lease.lease_time,
+                                           now + self.book.offer_hold,
+                                           self.machines.get(client.mac)))
         if req.report:  # an offer is not durable: its event needs no waiting either
-            event = self._dhcp_event(DHCP_OFFER, client.mac, lease.ip, now)
+            event = self._dhcp_event(DHCP_OFFER, client.mac, lease.ip, now, req.detail)
             result.background, result.publish = event.writes, event.publish
         return result
 
@@ -142,13 +141,20 @@ class StoreService:
         client = Client(_mac(req.mac), req.client_id)
         lease, writes = self.book.commit(req.subnet, req.ip, req.mode, client, req.hostname, now)
         machine, machine_write = self._seen(lease, now)
-        reply = LeaseReply(lease=lease.record(now), machine=machine.record(lease.ip))
+        reply = self._grant(lease.ip, "bound", lease.lease_time, lease.expires, machine)
         result = Result(reply=reply, writes=[*writes, machine_write])
         if req.report:
-            event = self._dhcp_event(DHCP_ACK, client.mac, lease.ip, now)
+            event = self._dhcp_event(DHCP_ACK, client.mac, lease.ip, now, req.detail)
             result.writes += event.writes
             result.publish = event.publish
         return result
+
+    @staticmethod
+    def _grant(ip: str, state: str, lease_time: int, expires: float,
+               machine: Machine | None) -> LeaseGrant:
+        return LeaseGrant(ip=ip, state=state, lease_time=lease_time,  # type: ignore[arg-type]
+                          expires=expires, name=machine.name if machine else None,
+                          os=machine.os if machine else None)
 
     def _seen(self, lease: Lease, now: float) -> tuple[Machine, Write]:
         number = lease.address - self.book.pools[lease.subnet].base
@@ -159,25 +165,26 @@ class StoreService:
         mac = _mac(req.mac)
         writes = self.book.release(req.ip, Client(mac, req.client_id), now)
         return self._reported(Result(reply=Done(), writes=list(writes)), req.report,
-                              DHCP_RELEASE, mac, req.ip, now)
+                              DHCP_RELEASE, mac, req.ip, now, req.detail)
 
     def decline(self, req: LeaseDecline, now: float) -> Result:
         mac = _mac(req.mac)
         writes = self.book.decline(req.ip, Client(mac, req.client_id), now)
         return self._reported(Result(reply=Done(), writes=list(writes)), req.report,
-                              DHCP_DECLINE, mac, req.ip, now)
+                              DHCP_DECLINE, mac, req.ip, now, req.detail)
 
     def _reported(self, result: Result, report: bool, stage: str, mac: str, ip: str,
-                  now: float) -> Result:
+                  now: float, detail: str) -> Result:
         if report:
-            event = self._dhcp_event(stage, mac, ip, now)
+            event = self._dhcp_event(stage, mac, ip, now, detail)
             result.writes += event.writes
             result.publish = event.publish
         return result
 
-    def _dhcp_event(self, stage: str, mac: str, ip: str, now: float) -> Result:
+    def _dhcp_event(self, stage: str, mac: str, ip: str, now: float, detail: str) -> Result:
         """The boot event dhcpd asked the store to record for it (``report=True``)."""
-        return self._event(BootEvent(time=now, mac=mac, service="dhcpd", stage=stage, ip=ip))
+        return self._event(BootEvent(time=now, mac=mac, service="dhcpd", stage=stage, ip=ip,
+                                     detail=detail))
 
     def lookup(self, req: LeaseLookup, now: float) -> Result:
         if req.ip is not None:

@@ -23,7 +23,7 @@ from astralboot.common import netif
 from astralboot.common.bus.events import TFTP_FAILED, TFTP_SENT
 from astralboot.common.config import Config, TftpConfig
 from astralboot.common.errors import AstralBootError, StartupError
-from astralboot.common.frontend import FrontEnd
+from astralboot.common.frontend import FrontEnd, settle_heap
 from astralboot.common.frontend import run as run_frontend
 from astralboot.common.messages import LeaseLookup, LeaseReply
 
@@ -471,6 +471,7 @@ async def main(fe: FrontEnd) -> None:
                         report=reporter.report)
     server.open()
     fe.extra_details = lambda: {**server.details(), "memory_cache": content.memory_bytes}
+    settle_heap()
     fe.ready = True
     try:
         await server.serve()

@@ -30,7 +30,7 @@ from astralboot.common.messages import (
     LeaseOffer,
     LeaseRecord,
     LeaseRelease,
-    LeaseReply,
+    LeaseGrant,
     MachineGet,
     MachineRecord,
     MachineReply,
@@ -190,7 +190,7 @@ class FakeStore:
                             expires=0.0, lease_time=self.config.dhcp.lease_time,
                             client_id=msg.client_id, hostname=msg.hostname)
         self.leases[key] = lease
-        return LeaseReply(lease=lease, machine=self.machine(msg.mac))
+        return _grant(lease, self.machine(msg.mac))
 
     def _commit(self, msg: LeaseCommit) -> Reply:
         key = (msg.subnet, msg.mac)
@@ -203,10 +203,16 @@ class FakeStore:
             return ErrorReply(code="conflict", detail=f"{msg.ip} is not {msg.mac}'s address")
         bound = _with(lease, state="bound")
         self.leases[key] = bound
-        return LeaseReply(lease=bound, machine=self.machine(msg.mac))
+        return _grant(bound, self.machine(msg.mac))
 
 
 def _with(lease: LeaseRecord, **changes: Any) -> LeaseRecord:
     fields = {f: getattr(lease, f) for f in LeaseRecord.__dataclass_fields__}
     fields.update(changes)
     return LeaseRecord(**fields)
+
+
+def _grant(lease: LeaseRecord, machine: MachineRecord) -> LeaseGrant:
+    """What the real store answers LeaseOffer and LeaseCommit with."""
+    return LeaseGrant(ip=lease.ip, state=lease.state, lease_time=lease.lease_time,
+                      expires=lease.expires, name=machine.name, os=machine.os)

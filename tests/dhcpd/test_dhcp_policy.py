@@ -22,7 +22,6 @@ from astralboot.services.dhcpd.bootchain import BinaryCatalogue, BootChain
 from astralboot.services.dhcpd.packet import decode
 from astralboot.services.dhcpd.policy import (
     BROADCAST,
-    STORE_REPORTS,
     Arrival,
     DhcpPolicy,
 )
@@ -45,8 +44,7 @@ UNICAST = Arrival(broadcast=False, source=("192.0.2.100", 68))
 class Harness:
     """A policy wired to a fake store, an event list and counters."""
 
-    def __init__(self, domain: str = "lab.example", store_reports: bool = False,
-                 **dhcp: Any) -> None:
+    def __init__(self, domain: str = "lab.example", **dhcp: Any) -> None:
         self.config = make_config(domain=domain, **dhcp)
         self.store = FakeStore(self.config)
         self.events: list[tuple[str, str, str | None, str]] = []
@@ -54,8 +52,7 @@ class Harness:
         catalogue = BinaryCatalogue(present={name: True for name in self.store.binaries})
         self.policy = DhcpPolicy(config=self.config, store=self.store,
                                  boot=BootChain(self.config.http.public_url, catalogue),
-                                 report=lambda *e: self.events.append(e), stats=self.stats,
-                                 store_reports=store_reports)
+                                 report=lambda *e: self.events.append(e), stats=self.stats)
 
     def send(self, mtype: int, arrival: Arrival = BROADCAST, **kw: Any) -> Outgoing | None:
         kw.setdefault("mac", MAC)
@@ -371,32 +368,26 @@ def test_reply_larger_than_the_client_accepts_drops_requested_options() -> None:
     assert decode(out.payload).file == b"undionly.kpxe"  # the file field still names it
 
 
-def test_events_are_reported_for_offer_ack_nak_release_decline() -> None:
-    h = Harness(store_reports=False)
-    ip = h.bound()
+def test_lease_events_travel_with_the_lease_requests() -> None:
+    # The store records offer/ack/release/decline itself (report=True): one bus
+    # message per packet. Only a NAK, which writes no lease, is reported apart.
+    h = Harness()
+    ip = h.bound(arch=0)  # a BIOS PXE ROM: its events name the boot file
     h.send(c.DHCPREQUEST, requested="192.0.2.150")  # INIT-REBOOT, wrong address: NAK
-    h.send(c.DHCPRELEASE, ciaddr=ip, server_id=SERVER)
-    h.send(c.DHCPDECLINE, requested=ip, server_id=SERVER)
-    stages = [e[0] for e in h.events]
-    assert stages == ["dhcp.offer", "dhcp.ack", "dhcp.nak", "dhcp.release", "dhcp.decline"]
-    assert h.events[1] == ("dhcp.ack", MAC, ip, "select")
-    assert h.stats["acks.select"] == 1
-
-
-def test_store_records_lease_events_when_the_messages_allow() -> None:
-    # When lease requests carry ``report``, the store records the event: one
-    # bus message per packet. Only a NAK (no lease written) is reported apart.
-    h = Harness(store_reports=STORE_REPORTS)
-    ip = h.bound()
-    h.send(c.DHCPREQUEST, requested="192.0.2.150")
     h.send(c.DHCPRELEASE, ciaddr=ip, server_id=SERVER)
     h.send(c.DHCPDECLINE, requested=ip, server_id=SERVER)
     asked = [m for m in h.store.calls if m.kind != "content.stat"]
     assert [m.kind for m in asked] == ["lease.offer", "lease.commit", "lease.commit",
                                        "lease.release", "lease.decline"]
-    if STORE_REPORTS:
-        assert [e[0] for e in h.events] == ["dhcp.nak"]
-        assert all(m.report for m in asked)  # type: ignore[attr-defined]
-    else:
-        assert [e[0] for e in h.events] == ["dhcp.offer", "dhcp.ack", "dhcp.nak",
-                                            "dhcp.release", "dhcp.decline"]
+    assert all(m.report for m in asked)  # type: ignore[attr-defined]
+    details = [m.detail for m in asked[:2]]  # type: ignore[attr-defined]
+    assert details == ["undionly.kpxe", "select undionly.kpxe"]
+    assert [(e[0], e[2]) for e in h.events] == [("dhcp.nak", "192.0.2.150")]
+    assert h.stats["acks.select"] == 1
+
+
+def test_an_ipxe_client_s_events_say_ipxe() -> None:
+    h = Harness()
+    h.bound(user_class=b"iPXE")
+    offer = next(m for m in h.store.calls if m.kind == "lease.offer")
+    assert offer.detail == "iPXE"  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ import sys
 from astralboot.common.bus.client import AsyncBusClient
 from astralboot.common.config import load
 from astralboot.common.errors import BusTimeout
-from astralboot.common.messages import ErrorReply, LeaseCommit, LeaseOffer, LeaseReply
+from astralboot.common.messages import ErrorReply, LeaseCommit, LeaseGrant, LeaseOffer
 
 
 async def main(config_path: str, tag: int, count: int, concurrency: int, out_path: str) -> int:
@@ -38,16 +38,16 @@ async def main(config_path: str, tag: int, count: int, concurrency: int, out_pat
                 mac = f"02:{tag:02x}:00:00:{i >> 8:02x}:{i & 255:02x}"
                 try:
                     offered = await bus.request(LeaseOffer(mac=mac, subnet=subnet))
-                    if not isinstance(offered, LeaseReply):
+                    if not isinstance(offered, LeaseGrant):
                         out.write(f"ERROR {offered}\n")
                         continue
                     bound = await bus.request(LeaseCommit(mac=mac, subnet=subnet,
-                                                          ip=offered.lease.ip, mode="select"))
+                                                          ip=offered.ip, mode="select"))
                 except BusTimeout:
                     stop.set()
                     return
-                if isinstance(bound, LeaseReply):
-                    out.write(f"{mac} {bound.lease.ip}\n")
+                if isinstance(bound, LeaseGrant):
+                    out.write(f"{mac} {bound.ip}\n")
                 elif isinstance(bound, ErrorReply):
                     out.write(f"ERROR {bound.code} {bound.detail}\n")
 

@@ -17,8 +17,8 @@ from astralboot.common.bus.client import AsyncBusClient
 from astralboot.common.bus.frames import pack, unpack
 from astralboot.common.messages import (Done, ErrorReply, Health, HealthReply, LeaseCommit,
                                         LeaseDecline, LeaseList, LeaseListReply, LeaseLookup,
-                                        LeaseOffer, LeaseRelease, LeaseReply, MachineGet,
-                                        MachineReply, MachineSet)
+                                        LeaseGrant, LeaseOffer, LeaseRelease, LeaseReply,
+                                        MachineGet, MachineReply, MachineSet)
 
 from store_lab import NETWORK, StoreLab
 
@@ -32,10 +32,10 @@ def new_mac() -> str:
 
 def bind(store: StoreLab, mac: str, subnet: str = NETWORK) -> str:
     offered = store.call(LeaseOffer(mac=mac, subnet=subnet))
-    assert isinstance(offered, LeaseReply), offered
-    bound = store.call(LeaseCommit(mac=mac, subnet=subnet, ip=offered.lease.ip, mode="select"))
-    assert isinstance(bound, LeaseReply), bound
-    return bound.lease.ip
+    assert isinstance(offered, LeaseGrant), offered
+    bound = store.call(LeaseCommit(mac=mac, subnet=subnet, ip=offered.ip, mode="select"))
+    assert isinstance(bound, LeaseGrant), bound
+    return bound.ip
 
 
 def lookup(store: StoreLab, **kw: str) -> LeaseReply | ErrorReply:
@@ -68,12 +68,12 @@ def test_everything_survives_a_restart(store_factory: Any) -> None:
     # The quarantine outlived the restart: nobody gets the declined address.
     other = new_mac()
     offered = store.call(LeaseOffer(mac=other, subnet=NETWORK, requested_ip=declined_ip))
-    assert isinstance(offered, LeaseReply) and offered.lease.ip != declined_ip
+    assert isinstance(offered, LeaseGrant) and offered.ip != declined_ip
     refused = store.call(LeaseCommit(mac=other, subnet=NETWORK, ip=declined_ip, mode="select"))
     assert isinstance(refused, ErrorReply) and refused.code == "conflict"
     # And the bound client renews as if nothing happened.
     renewed = store.call(LeaseCommit(mac=kept, subnet=NETWORK, ip=kept_ip, mode="renew"))
-    assert isinstance(renewed, LeaseReply) and renewed.lease.state == "bound"
+    assert isinstance(renewed, LeaseGrant) and renewed.state == "bound"
 
 
 def _raw_request(endpoint: str, payload: bytes, timeout: float = 10.0) -> bytes:
@@ -95,13 +95,13 @@ def test_a_retried_request_is_answered_once(store_factory: Any) -> None:
     endpoint = store.config.bus.endpoint
     mac = new_mac()
     offered = store.call(LeaseOffer(mac=mac, subnet=NETWORK))
-    assert isinstance(offered, LeaseReply)
+    assert isinstance(offered, LeaseGrant)
     rid = (secrets.randbits(31) << 32) + 7
-    commit = pack(LeaseCommit(mac=mac, subnet=NETWORK, ip=offered.lease.ip, mode="select"), rid)
+    commit = pack(LeaseCommit(mac=mac, subnet=NETWORK, ip=offered.ip, mode="select"), rid)
     first = _raw_request(endpoint, commit)
     again = _raw_request(endpoint, commit)  # same id, as after a lost reply
     assert first == again
-    assert isinstance(unpack(first), LeaseReply)
+    assert isinstance(unpack(first), LeaseGrant)
 
     # A retried change is not applied twice, even after a later change.
     set_a = pack(MachineSet(mac=mac, name="first-name"), rid + 1)
@@ -128,12 +128,12 @@ def test_concurrent_commits_share_transactions(store_factory: Any) -> None:
             offers = await asyncio.gather(*(bus.call(LeaseOffer(mac=m, subnet=subnet))
                                             for m in macs))
             return await asyncio.gather(*(
-                bus.request(LeaseCommit(mac=m, subnet=subnet, ip=o.lease.ip, mode="select"))
+                bus.request(LeaseCommit(mac=m, subnet=subnet, ip=o.ip, mode="select"))
                 for m, o in zip(macs, offers, strict=True)))
 
     replies = asyncio.run(run())
-    assert all(isinstance(r, LeaseReply) and r.lease.state == "bound" for r in replies)
-    assert len({r.lease.ip for r in replies}) == 60
+    assert all(isinstance(r, LeaseGrant) and r.state == "bound" for r in replies)
+    assert len({r.ip for r in replies}) == 60
     after = store.call(Health())
     assert isinstance(after, HealthReply)
     batches = after.details["commit.batches"] - before.details["commit.batches"]
@@ -245,9 +245,9 @@ def test_a_database_outage_is_unavailable_then_recovers(short_tmp: Path) -> None
                                          "pg_stat_activity WHERE datname = :n"), {"n": name})
                 mac = new_mac()
                 offered = store.call(LeaseOffer(mac=mac, subnet=NETWORK))
-                assert isinstance(offered, LeaseReply)
+                assert isinstance(offered, LeaseGrant)
                 started = time.monotonic()
-                failed = store.call(LeaseCommit(mac=mac, subnet=NETWORK, ip=offered.lease.ip,
+                failed = store.call(LeaseCommit(mac=mac, subnet=NETWORK, ip=offered.ip,
                                                 mode="select"))
                 assert isinstance(failed, ErrorReply) and failed.code == "unavailable"
                 assert time.monotonic() - started < store.config.bus.deadline + 2

@@ -16,7 +16,7 @@ from astralboot.common.config import load
 from astralboot.common.lab.stack import astralboot_argv
 from astralboot.common.messages import (ContentList, ContentListReply, ContentStat,
                                         ContentStatReply, ErrorReply, Health, HealthReply,
-                                        LeaseCommit, LeaseOffer, LeaseReply)
+                                        LeaseCommit, LeaseGrant, LeaseOffer)
 
 from jsipfs import IpfsNode
 from store_lab import StoreLab, write_store_config
@@ -155,10 +155,10 @@ def test_a_missing_block_times_out_while_leases_keep_flowing(ipfs_node: IpfsNode
                     mac = macs[len(latencies) % len(macs)]
                     t = time.monotonic()
                     offered = await bus.call(LeaseOffer(mac=mac, subnet=subnet))
-                    assert isinstance(offered, LeaseReply)
+                    assert isinstance(offered, LeaseGrant)
                     bound = await bus.call(LeaseCommit(mac=mac, subnet=subnet,
-                                                       ip=offered.lease.ip, mode="select"))
-                    assert isinstance(bound, LeaseReply)
+                                                       ip=offered.ip, mode="select"))
+                    assert isinstance(bound, LeaseGrant)
                     latencies.append(time.monotonic() - t)
                 reply = await content
                 return reply, time.monotonic() - started, latencies

@@ -8,7 +8,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from astralboot.common.messages import (LeaseCommit, LeaseList, LeaseListReply, LeaseLookup,
-                                        LeaseReply)
+                                        LeaseGrant, LeaseReply)
 from astralboot.services.store.database import (SCHEMA_HEAD, create_engine, current_revision,
                                                 head_revision, migrate)
 
@@ -55,7 +55,9 @@ def test_an_upgrade_keeps_every_lease(database: str, short_tmp: Path) -> None:
         # The new column works for old rows.
         renewed = store.call(LeaseCommit(mac="52:54:00:00:01:00", subnet=NETWORK,
                                          ip="192.0.2.10", mode="renew", hostname="old-host"))
-        assert isinstance(renewed, LeaseReply) and renewed.lease.hostname == "old-host"
+        assert isinstance(renewed, LeaseGrant) and renewed.state == "bound"
+        looked = store.call(LeaseLookup(mac="52:54:00:00:01:00"))
+        assert isinstance(looked, LeaseReply) and looked.lease.hostname == "old-host"
 
     engine = create_engine(database)
     try:

@@ -13,7 +13,7 @@ import zmq
 from astralboot.common.bus.frames import pack, unpack
 from astralboot.common.bus.schema import PROTOCOL_VERSION
 from astralboot.common.lab.stack import astralboot_argv
-from astralboot.common.messages import ErrorReply, Health, HealthReply, LeaseOffer, LeaseReply
+from astralboot.common.messages import ErrorReply, Health, HealthReply, LeaseGrant, LeaseOffer
 
 from store_lab import NETWORK, StoreLab, write_store_config
 
@@ -59,7 +59,7 @@ def test_bad_frames_and_unknown_kinds_leave_the_store_serving(store_factory: Any
         assert replies == {rid: "bad_request" for rid in answerable}
         # Still serving, and it counted what it refused.
         sock.send_multipart([b"", pack(LeaseOffer(mac="52:54:00:01:02:03", subnet=NETWORK), 99)])
-        assert isinstance(_answer(sock), LeaseReply)
+        assert isinstance(_answer(sock), LeaseGrant)
         health = store.call(Health())
         assert isinstance(health, HealthReply) and health.details["ready"] is True
         assert health.details["malformed"] == 11
@@ -111,7 +111,7 @@ def test_an_unreachable_database_is_a_startup_error(short_tmp: Path) -> None:
 def test_sigterm_stops_the_store_cleanly(store_factory: Any) -> None:
     store: StoreLab = store_factory()
     assert isinstance(store.call(LeaseOffer(mac="52:54:00:01:02:04", subnet=NETWORK)),
-                      LeaseReply)
+                      LeaseGrant)
     assert store.stack.stop_one("store") == 0
     socket_file = Path(store.config.bus.endpoint.removeprefix("ipc://"))
     assert not socket_file.exists()

@@ -9,7 +9,7 @@ from astralboot.common.bus.events import EventSubscriber, boot_event
 from astralboot.common.messages import (BootEvent, Done, ErrorReply, EventList, EventListReply,
                                         EventReport, ImportedLease, ImportReply, LeaseCommit,
                                         LeaseImport, LeaseLookup, LeaseOffer, LeaseRelease,
-                                        LeaseReply,
+                                        LeaseGrant, LeaseReply,
                                         MachineGet, MachineList, MachineListReply, MachineReply,
                                         MachineSet, Reservation, ReservationDelete,
                                         ReservationList, ReservationListReply, ReservationSet)
@@ -25,11 +25,11 @@ def code(reply: object) -> str | None:
     return reply.code if isinstance(reply, ErrorReply) else None
 
 
-def bind(store: StoreLab, mac: str, subnet: str = NETWORK) -> LeaseReply:
+def bind(store: StoreLab, mac: str, subnet: str = NETWORK) -> LeaseGrant:
     offered = store.call(LeaseOffer(mac=mac, subnet=subnet))
-    assert isinstance(offered, LeaseReply), offered
-    bound = store.call(LeaseCommit(mac=mac, subnet=subnet, ip=offered.lease.ip, mode="select"))
-    assert isinstance(bound, LeaseReply), bound
+    assert isinstance(offered, LeaseGrant), offered
+    bound = store.call(LeaseCommit(mac=mac, subnet=subnet, ip=offered.ip, mode="select"))
+    assert isinstance(bound, LeaseGrant), bound
     return bound
 
 
@@ -39,15 +39,15 @@ def bind(store: StoreLab, mac: str, subnet: str = NETWORK) -> LeaseReply:
 def test_machine_set_get_and_clear(rules_store: StoreLab) -> None:
     mac = new_mac()
     bound = bind(rules_store, mac)
-    assert bound.machine is not None
-    default_name = bound.machine.name
+    assert bound.name is not None
+    default_name = bound.name
 
     reply = rules_store.call(MachineSet(mac=mac, os="debian", machine_class="web",
                                         labels={"rack": "r1"}, boot_once=True))
     assert isinstance(reply, MachineReply)
     m = reply.machine
     assert (m.name, m.os, m.machine_class, m.labels, m.boot_once, m.ip) == (
-        default_name, "debian", "web", {"rack": "r1"}, True, bound.lease.ip)
+        default_name, "debian", "web", {"rack": "r1"}, True, bound.ip)
 
     # None leaves a field alone.
     unchanged = rules_store.call(MachineSet(mac=mac))
@@ -85,8 +85,7 @@ def test_machine_set_creates_an_unknown_machine(rules_store: StoreLab) -> None:
     assert created.machine.ip is None  # no lease yet
     # Its first lease keeps the name it already has.
     bound = bind(rules_store, mac)
-    assert bound.machine is not None and bound.machine.name == created.machine.name
-    assert bound.machine.os == "ubuntu"
+    assert (bound.name, bound.os) == (created.machine.name, "ubuntu")
 
 
 def test_machine_list_by_os(rules_store: StoreLab) -> None:
@@ -118,8 +117,8 @@ def test_reservations_at_run_time(rules_store: StoreLab) -> None:
                        os="debian") in listed.reservations
     # Another client cannot have it; the reserved one gets it.
     assert rules_store.call(LeaseOffer(mac=new_mac(), subnet=NETWORK,
-                                       requested_ip=ip)).lease.ip != ip  # type: ignore[union-attr]
-    assert bind(rules_store, mac).lease.ip == ip
+                                       requested_ip=ip)).ip != ip  # type: ignore[union-attr]
+    assert bind(rules_store, mac).ip == ip
     # Clashes and mistakes are typed errors.
     assert code(rules_store.call(ReservationSet(reservation=Reservation(
         mac=new_mac(), ip=ip)))) == "conflict"
@@ -206,8 +205,8 @@ def test_import_of_the_original_machines_json(rules_store: StoreLab) -> None:
     assert isinstance(lease, LeaseReply) and lease.lease.ip == "192.0.2.42"
     assert lease.lease.state == "bound"
     # The imported clients keep their addresses.
-    assert rules_store.call(LeaseOffer(mac=a, subnet=NETWORK)).lease.ip == "192.0.2.41"  # type: ignore[union-attr]
-    assert rules_store.call(LeaseOffer(mac=c, subnet=NETWORK)).lease.ip == "192.0.2.160"  # type: ignore[union-attr]
+    assert rules_store.call(LeaseOffer(mac=a, subnet=NETWORK)).ip == "192.0.2.41"  # type: ignore[union-attr]
+    assert rules_store.call(LeaseOffer(mac=c, subnet=NETWORK)).ip == "192.0.2.160"  # type: ignore[union-attr]
     listed = rules_store.call(ReservationList())
     assert isinstance(listed, ReservationListReply)
     assert any(r.mac == c and r.ip == "192.0.2.160" for r in listed.reservations)
@@ -215,7 +214,7 @@ def test_import_of_the_original_machines_json(rules_store: StoreLab) -> None:
 
 def test_import_never_takes_an_address_from_a_live_lease(rules_store: StoreLab) -> None:
     holder = new_mac()
-    ip = bind(rules_store, holder, SMALL).lease.ip
+    ip = bind(rules_store, holder, SMALL).ip
     reply = rules_store.call(LeaseImport(entries=(ImportedLease(ip=ip, mac=new_mac()),)))
     assert isinstance(reply, ImportReply) and (reply.leases, reply.skipped) == (0, 1)
     looked = rules_store.call(LeaseLookup(ip=ip))
@@ -227,24 +226,26 @@ def test_lease_requests_can_report_their_own_boot_events(rules_store: StoreLab) 
     mac = new_mac()
     with EventSubscriber(rules_store.config.bus.events, mac=mac) as sub:
         time.sleep(0.3)
-        offered = rules_store.call(LeaseOffer(mac=mac, subnet=NETWORK, report=True))
-        assert isinstance(offered, LeaseReply)
-        bound = rules_store.call(LeaseCommit(mac=mac, subnet=NETWORK, ip=offered.lease.ip,
-                                             mode="select", report=True))
-        assert isinstance(bound, LeaseReply)
-        released = rules_store.call(LeaseRelease(mac=mac, ip=bound.lease.ip, report=True))
+        offered = rules_store.call(LeaseOffer(mac=mac, subnet=NETWORK, report=True,
+                                              detail="undionly.kpxe"))
+        assert isinstance(offered, LeaseGrant)
+        bound = rules_store.call(LeaseCommit(mac=mac, subnet=NETWORK, ip=offered.ip,
+                                             mode="select", report=True, detail="select iPXE"))
+        assert isinstance(bound, LeaseGrant)
+        released = rules_store.call(LeaseRelease(mac=mac, ip=bound.ip, report=True))
         assert isinstance(released, Done)
         live = [sub.receive(timeout=10) for _ in range(3)]
-    expected = [("dhcpd", "dhcp.offer", offered.lease.ip), ("dhcpd", "dhcp.ack", bound.lease.ip),
-                ("dhcpd", "dhcp.release", bound.lease.ip)]
-    assert [(e.service, e.stage, e.ip) for e in live if e is not None] == expected
+    expected = [("dhcpd", "dhcp.offer", offered.ip, "undionly.kpxe"),
+                ("dhcpd", "dhcp.ack", bound.ip, "select iPXE"),
+                ("dhcpd", "dhcp.release", bound.ip, "")]
+    assert [(e.service, e.stage, e.ip, e.detail) for e in live if e is not None] == expected
     listed = rules_store.call(EventList(mac=mac))
     assert isinstance(listed, EventListReply)
-    assert [(e.service, e.stage, e.ip) for e in listed.events] == expected
+    assert [(e.service, e.stage, e.ip, e.detail) for e in listed.events] == expected
     # Without report, nothing is recorded for the caller.
     quiet = new_mac()
     offer = rules_store.call(LeaseOffer(mac=quiet, subnet=NETWORK))
-    assert isinstance(offer, LeaseReply)
+    assert isinstance(offer, LeaseGrant)
     none = rules_store.call(EventList(mac=quiet))
     assert isinstance(none, EventListReply) and none.events == ()
 

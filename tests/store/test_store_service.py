@@ -9,7 +9,7 @@ import pytest
 from astralboot.common.bus.events import boot_event
 from astralboot.common.config import load
 from astralboot.common.messages import (ContentStat, ErrorReply, LeaseCommit, LeaseOffer,
-                                        LeaseReply)
+                                        LeaseGrant)
 from astralboot.services.store import service as service_module
 from astralboot.services.store.journal import EventPruning, EventWrite, LeaseWrite, MachineWrite
 from astralboot.services.store.service import StoreService
@@ -25,14 +25,14 @@ def svc(short_tmp: Path) -> StoreService:
 def test_a_commit_writes_its_lease_and_machine_and_an_offer_writes_nothing(
         svc: StoreService) -> None:
     offered = svc.handle(LeaseOffer(mac="02:00:00:00:00:01", subnet=NETWORK), 100.0)
-    assert isinstance(offered.reply, LeaseReply) and not offered.writes
+    assert isinstance(offered.reply, LeaseGrant) and not offered.writes
     assert not offered.background and offered.publish is None
     bound = svc.handle(LeaseCommit(mac="02:00:00:00:00:01", subnet=NETWORK,
-                                   ip=offered.reply.lease.ip, mode="select"), 101.0)
+                                   ip=offered.reply.ip, mode="select"), 101.0)
     assert [type(w) for w in bound.writes] == [LeaseWrite, MachineWrite]
     assert bound.writes[0].insert and bound.writes[1].insert  # type: ignore[union-attr]
     again = svc.handle(LeaseCommit(mac="02:00:00:00:00:01", subnet=NETWORK,
-                                   ip=offered.reply.lease.ip, mode="renew"), 102.0)
+                                   ip=offered.reply.ip, mode="renew"), 102.0)
     assert not any(w.insert for w in again.writes)  # type: ignore[union-attr]
 
 
@@ -40,9 +40,9 @@ def test_reported_stages_ride_with_their_request(svc: StoreService) -> None:
     offered = svc.handle(LeaseOffer(mac="02:00:00:00:00:02", subnet=NETWORK, report=True), 1.0)
     assert offered.publish is not None and offered.publish.stage == "dhcp.offer"
     assert [type(w) for w in offered.background] == [EventWrite] and not offered.writes
-    assert isinstance(offered.reply, LeaseReply)
+    assert isinstance(offered.reply, LeaseGrant)
     bound = svc.handle(LeaseCommit(mac="02:00:00:00:00:02", subnet=NETWORK,
-                                   ip=offered.reply.lease.ip, mode="select", report=True), 2.0)
+                                   ip=offered.reply.ip, mode="select", report=True), 2.0)
     assert bound.publish is not None and bound.publish.stage == "dhcp.ack"
     assert isinstance(bound.writes[-1], EventWrite)  # durable with the lease, or not at all
     assert bound.publish.id == offered.publish.id + 1

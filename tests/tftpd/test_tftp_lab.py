@@ -22,7 +22,7 @@ from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import load
 from astralboot.common.lab.netns import Host, Lab
 from astralboot.common.lab.stack import Stack, astralboot_argv, write_config
-from astralboot.common.messages import LeaseCommit, LeaseOffer, LeaseReply
+from astralboot.common.messages import LeaseCommit, LeaseGrant, LeaseOffer
 
 pytestmark = pytest.mark.netns
 
@@ -243,7 +243,7 @@ def test_tftp_sent_event_names_the_machine_by_its_lease(
     with SyncBusClient(config.bus.endpoint) as bus:
         offer = bus.call(LeaseOffer(mac=t.client.mac, subnet="192.0.2.0/24",
                                     requested_ip=CLIENT))
-        assert isinstance(offer, LeaseReply) and offer.lease.ip == CLIENT
+        assert isinstance(offer, LeaseGrant) and offer.ip == CLIENT
         bus.call(LeaseCommit(mac=t.client.mac, subnet="192.0.2.0/24", ip=CLIENT,
                              mode="select"))
     assert t.script("get", "undionly.kpxe")["sha256"] == sha(UNDI)
