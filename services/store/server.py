@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,8 @@ RECENT_REPLIES = 65536  # answers to writes kept for retried requests
 DRAIN = 2000  # frames handled per wake-up before yielding to the loop
 REBUILD_RETRY = 1.0
 CONTENT_WORKERS = 4
+MAX_BATCH = 500  # changes per transaction
+SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while another waits
 SLOW_COMMIT = 0.25  # seconds; a commit this slow holds every waiting ACK back
 
 _CONTENT_CODES = {BadPath: ErrorCode.BAD_REQUEST, ContentMissing: ErrorCode.NOT_FOUND}
@@ -349,7 +352,15 @@ class StoreServer:
     def _flush(self) -> None:
         if self._writing or not self._pending:
             return
-        batch, self._pending = self._pending, Batch()
+        pending = self._pending
+        if len(pending.changes) > MAX_BATCH:
+            # A bounded transaction keeps each commit (and the burst of ACKs it
+            # frees) short; the rest, and any reads that must follow it, go next.
+            batch = Batch(changes=pending.changes[:MAX_BATCH])
+            self._pending = Batch(changes=pending.changes[MAX_BATCH:], reads=pending.reads,
+                                  read_tokens=pending.read_tokens)
+        else:
+            batch, self._pending = pending, Batch()
         self._writing = True
         self._idle.clear()
         assert self._db_thread is not None
@@ -572,6 +583,9 @@ def run(config: Config) -> int:
 async def _main(config: Config) -> int:
     server = build(config)
     settle_heap()  # every lease and machine is in memory now: keep the collector off them
+    # The database thread needs the GIL back after each statement; with the
+    # event loop busy, the default 5 ms turn makes commits (and their ACKs) wait.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         server.bind()
     except StartupError:
