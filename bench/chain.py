@@ -15,7 +15,6 @@ import argparse
 import json
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path

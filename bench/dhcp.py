@@ -25,26 +25,22 @@ Figures drift between runs on shared machines: compare the ratio.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)  # run as bench/dhcp.py: bench/http.py must not hide the standard http
+import psutil
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import psutil  # noqa: E402
-
-from astralboot.common.lab.netns import Lab  # noqa: E402
-from astralboot.common.lab.stack import Stack, write_config  # noqa: E402
+from astralboot.common.lab.netns import Lab
+from astralboot.common.lab.stack import Stack, write_config
 
 SERVER = "198.18.0.1"
 RELAY = "198.18.0.2"

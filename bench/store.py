@@ -24,17 +24,13 @@ The target behind it: dhcpd at 2,000 durable DORA/s on a 2-core machine.
 
 from __future__ import annotations
 
-import os
-import sys
-
-if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)  # run as a script: bench/http.py must not shadow the standard library
-
-import argparse  # noqa: E402
+import argparse
 import json
+import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager

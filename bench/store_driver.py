@@ -15,15 +15,10 @@ Prints one JSON object: commits, errors, seconds, latency percentiles (ms).
 
 from __future__ import annotations
 
-import os
-import sys
-
-if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)  # run as a script: bench/http.py must not shadow the standard library
-
-import asyncio  # noqa: E402
+import asyncio
 import json
 import random
+import sys
 import time
 
 import zmq
@@ -101,7 +96,6 @@ def client(endpoint: str, subnet: str, clients: int, seconds: float, events: str
     errors = 0
 
     async def main() -> float:
-        nonlocal errors
         bus = AsyncBusClient(endpoint, deadline=10)
         end = time.perf_counter() + seconds
 

@@ -29,7 +29,7 @@ from .store import BusStore
 
 log = logging.getLogger(__name__)
 
-WORKER_CLASS = "gthread"  # measured in bench/http.py against sync
+WORKER_CLASS = "gthread"  # measured in bench/httpd.py against sync
 KEEPALIVE = 15            # seconds an idle client connection stays open
 BACKLOG = 2048
 

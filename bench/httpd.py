@@ -1,6 +1,6 @@
 """HTTP benchmark: AstralBoot's httpd (gunicorn) against nginx, same files, same run.
 
-    .venv/bin/python bench/http.py [--seconds 10] [--rounds 3] [--connections 32]
+    .venv/bin/python bench/httpd.py [--seconds 10] [--rounds 3] [--connections 32]
         [--worker-class gthread] [--workers 2] [--threads 4] [--initrd PATH]
 
 Serves Debian's 40 MB netboot initrd (from the debian-installer-12-netboot-amd64
@@ -15,28 +15,22 @@ Loopback only; every run is bounded by --seconds.
 
 from __future__ import annotations
 
-import sys
-
+import argparse
 import os
-
-if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)  # this file is bench/http.py: keep the standard library's http importable
-
-import argparse  # noqa: E402
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+from astralboot.common.lab.stack import Stack, write_config
+
 ROOT = Path(__file__).resolve().parents[1]
-
-from astralboot.common.lab.stack import Stack, write_config  # noqa: E402
-
 BUNDLED = ROOT / "common" / "bundled"
 DEBIAN = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
 MAC = "52:54:00:be:nc:01".replace("nc", "0c")
@@ -130,7 +124,7 @@ def main() -> int:
                               extra={"log_level": "warning", "http.workers": args.workers,
                                      "http.threads": args.threads})
         with Stack(config, services=("store",)):
-            httpd = subprocess.Popen([sys.executable, str(ROOT / "bench" / "http_server.py"),
+            httpd = subprocess.Popen([sys.executable, str(ROOT / "bench" / "httpd_server.py"),
                                       str(config), "--worker-class", args.worker_class,
                                       "--workers", str(args.workers),
                                       "--threads", str(args.threads)],
