@@ -39,6 +39,8 @@ boot
 """
 
 DNSMASQ = """port=0
+user=root
+log-facility=-
 interface=br0
 bind-interfaces
 dhcp-range=192.0.2.100,192.0.2.199,12h
@@ -86,17 +88,30 @@ def peer(firmware: str, data: Path, work: Path) -> float:
     (root / "nginx.conf").write_text(NGINX.format(root=root))
     with Lab() as lab:
         tap = lab.add_tap()
-        dnsmasq = lab.server.popen(["dnsmasq", "-C", str(root / "dnsmasq.conf"), "-k"])
-        nginx = lab.server.popen(["nginx", "-c", str(root / "nginx.conf")])
+        with open(root / "peer.log", "wb") as out:
+            dnsmasq = lab.server.popen(["dnsmasq", "-C", str(root / "dnsmasq.conf"), "-k"],
+                                       stdout=out, stderr=out)
+            nginx = lab.server.popen(["nginx", "-c", str(root / "nginx.conf")],
+                                     stdout=out, stderr=out)
         time.sleep(1)
+        if dnsmasq.poll() is not None or nginx.poll() is not None:
+            for p in (dnsmasq, nginx):
+                p.kill()
+                p.wait()
+            raise RuntimeError(f"peer {firmware}: dnsmasq or nginx did not start:\n"
+                               f"{(root / 'peer.log').read_text()}")
         guest = Guest(firmware=firmware, mac=_mac(), tap=tap, workdir=root)  # type: ignore[arg-type]
         started = time.time()
         proc = guest.start(lab.server)
         log = root / "access.log"
         try:
             while time.time() - started < TIMEOUT:
-                if log.exists() and "preseed.cfg" in log.read_text():
+                served = log.read_text() if log.exists() else ""
+                if "preseed.cfg" in served:
                     return time.time() - started
+                refused = [line for line in served.splitlines() if '" 4' in line or '" 5' in line]
+                if refused:
+                    raise RuntimeError(f"peer {firmware}: nginx refused {refused[0]}")
                 if proc.poll() is not None:
                     break
                 time.sleep(0.1)
@@ -137,6 +152,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     firmwares = args.firmware or ["bios", "uefi"]
     work = Path(tempfile.mkdtemp(prefix="ab-bench-chain-"))
+    work.chmod(0o755)  # nginx's workers (nobody) read the peer's files from here
     data = work / "data"
     create_data_folder(data)
     rows = []

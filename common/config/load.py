@@ -38,6 +38,10 @@ LEGACY_KEYS = {
     "IPFS": "ipfs.enabled",
 }
 LEGACY_IGNORED = {"Spawn", "ref", "Subnet", "DBname"}
+# Seconds the rogue-server guard listens. Servers that ping an address before
+# offering it answer a new client late (dnsmasq after about 3 s, ISC dhcpd
+# after 1 s), so the guard waits longer than either.
+ROGUE_LISTEN = 5.0
 
 
 class Table:
@@ -452,7 +456,7 @@ def _dhcp(t: Table, address: IPv4Address, network: IPv4Network, gateway: IPv4Add
         decline_quarantine=int(t.get("decline_quarantine", p_seconds(0, 7 * 86400), 3600)),
         proxy=t.get("proxy", p_bool, False),
         rogue_guard=t.get("rogue_guard", p_bool, True),
-        rogue_listen=t.get("rogue_listen", p_seconds(0, 60), 2.0),
+        rogue_listen=t.get("rogue_listen", p_seconds(0, 60), ROGUE_LISTEN),
         port=t.get("port", p_port, 67),
         client_port=t.get("client_port", p_port, 68),
     )

@@ -42,7 +42,6 @@ MAX_IN_FLIGHT = 4096  # messages waiting on the store; beyond this, drop (client
 CATALOGUE_REFRESH = 60.0
 CATALOGUE_RETRY = 5.0
 MAX_LOGGED_SOURCES = 4096
-DEFAULT_ROGUE_LISTEN = 5.0
 
 
 class Listener:
@@ -195,16 +194,6 @@ async def _keep_catalogue(bus: AsyncBusClient, catalogue: BinaryCatalogue) -> No
         await asyncio.sleep(delay)
 
 
-def rogue_listen(config: Config) -> float:
-    """How long the guard listens. Servers that ping an address before
-    offering it answer a new client late (dnsmasq after about 3 s, ISC dhcpd
-    after 1 s), so an unset ``dhcp.rogue_listen`` means 5 s, not the
-    configuration's generic default of 2 s; a value the operator set is kept."""
-    if "dhcp.rogue_listen" in config.derived:
-        return max(config.dhcp.rogue_listen, DEFAULT_ROGUE_LISTEN)
-    return config.dhcp.rogue_listen
-
-
 async def main(fe: FrontEnd) -> None:
     config = fe.config
     dhcp = config.dhcp
@@ -216,7 +205,7 @@ async def main(fe: FrontEnd) -> None:
         if dhcp.rogue_guard and not dhcp.proxy:
             others = await find_other_servers(config.interface, server_port=dhcp.port,
                                               client_port=dhcp.client_port,
-                                              listen=rogue_listen(config))
+                                              listen=dhcp.rogue_listen)
             if others:
                 raise StartupError(SERVICE, (
                     f"another DHCP server is handing out addresses on {config.interface}: "

@@ -98,6 +98,7 @@ def test_defaults_and_derived_values(short_tmp: Path) -> None:
     assert config.bus.endpoint == f"ipc://{short_tmp}/run/bus.sock"
     assert config.bus.events == f"ipc://{short_tmp}/run/events.sock"
     assert config.store.database == f"sqlite:///{short_tmp}/data/astralboot.db"
+    assert config.dhcp.rogue_listen == 5.0  # longer than a pinging server takes to answer
     assert "gateway" in config.derived and "address" not in config.derived
 
 

@@ -39,8 +39,9 @@ def dnsmasq(lab: Lab, folder: Path, *options: str) -> Iterator[Host]:
 
 def test_guard_refuses_to_start_beside_another_server(lab: Lab, short_tmp: Path) -> None:
     with dnsmasq(lab, short_tmp / "other", "--dhcp-range=192.0.2.50,192.0.2.60,1h"):
-        # dnsmasq pings an address before offering it: its answer takes ~3 s.
-        path = write_lab_config(short_tmp, {"dhcp.rogue_guard": True, "dhcp.rogue_listen": 5})
+        # dnsmasq pings an address before offering it: its answer takes ~3 s,
+        # and the guard's default listening time (5 s) must outlast that.
+        path = write_lab_config(short_tmp, {"dhcp.rogue_guard": True})
         with Stack(path, services=("store",), netns=lab.server) as stack, \
                 pytest.raises(StackError) as failure:
             stack.start("dhcpd")
