@@ -11,12 +11,19 @@ A front end on the store's host opens ``path_for(digest)`` straight after
 the store's ``ContentStat`` reply; a front end on another host calls
 :func:`fetch_to_cache` (or :func:`fetch_to_cache_async`), which streams the
 bytes over the bus with ``ContentRead`` once and serves locally afterwards.
+
+A cache may be bounded (``[store] cache_max``): after each new file, the
+files used least recently (their access time, refreshed on use at most
+once a minute) are removed until the cache is back under nine tenths of
+its bound. Every process copes with a file that vanished: the store fetches
+it again from its source, a front end streams it again from the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -34,6 +41,10 @@ READ_CHUNK = 1 << 20  # bytes per ContentRead; the store accepts up to MAX_READ
 MAX_READ = 4 << 20
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _TEMP_PREFIX = ".tmp-"
+TOUCH_EVERY = 60.0  # seconds; a used file's access time is refreshed at most this often
+LOW_WATER = 0.9  # trimming stops at this share of the bound
+
+log = logging.getLogger(__name__)
 
 
 class CacheError(AstralBootError):
@@ -86,10 +97,13 @@ def sha256_file(path: Path, chunk: int = READ_CHUNK) -> tuple[str, int]:
 
 
 class DigestCache:
-    """A folder of immutable files named by their SHA-256."""
+    """A folder of immutable files named by their SHA-256, optionally bounded."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int = 0) -> None:
         self.root = Path(root)
+        self.max_bytes = max_bytes  # 0: no bound
+        self.evicted = 0
+        self.evicted_bytes = 0
 
     def path_for(self, digest: str) -> Path:
         return self.root / check_digest(digest)
@@ -101,7 +115,59 @@ class DigestCache:
             st = path.stat()
         except FileNotFoundError:
             return None
-        return path if st.st_size == size else None
+        if st.st_size != size:
+            return None
+        self.touch(path, st)
+        return path
+
+    def touch(self, path: Path, st: os.stat_result) -> None:
+        """Record a use of ``path`` for trimming (its access time; never its mtime)."""
+        if self.max_bytes and st.st_atime < time.time() - TOUCH_EVERY:
+            try:
+                os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+            except FileNotFoundError:
+                pass
+
+    def trim(self, keep: str | None = None) -> int:
+        """Remove the least recently used files while the cache is over its bound.
+
+        ``keep`` (the file just added) is never removed. Returns the bytes freed.
+        """
+        if not self.max_bytes:
+            return 0
+        files = []
+        total = 0
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            if not _DIGEST.match(entry.name):
+                continue  # temporaries, the store's refs/ folder
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            total += st.st_size
+            if entry.name != keep:
+                files.append((st.st_atime, st.st_size, entry.path))
+        if total <= self.max_bytes:
+            return 0
+        goal = int(self.max_bytes * LOW_WATER)
+        freed = 0
+        for _, size, path in sorted(files):
+            if total - freed <= goal:
+                break
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue  # another process trimmed it first
+            freed += size
+            self.evicted += 1
+        self.evicted_bytes += freed
+        log.info("cache %s over its bound of %d bytes: removed %d bytes used least recently",
+                 self.root, self.max_bytes, freed)
+        return freed
 
     def write(self, digest: str, chunks: Iterable[bytes]) -> Path:
         """Store ``chunks`` under ``digest``; raise DigestMismatch if they differ."""
@@ -117,7 +183,7 @@ class DigestCache:
         """A temporary file to feed; ``finish()`` verifies and publishes it."""
         if digest is not None:
             check_digest(digest)
-        return Spool(self.root, digest)
+        return Spool(self, digest)
 
     def verify(self, digest: str) -> bool:
         """Re-hash a cached file; a file that fails is removed."""
@@ -156,8 +222,9 @@ class DigestCache:
 class Spool:
     """One file being written into the cache: temp file, hash, fsync, rename."""
 
-    def __init__(self, root: Path, digest: str | None) -> None:
-        self.root = root
+    def __init__(self, cache: DigestCache, digest: str | None) -> None:
+        self.cache = cache
+        self.root = root = cache.root
         self.expected = digest
         self.size = 0
         self._hash = hashlib.sha256()
@@ -194,6 +261,7 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+        self.cache.trim(keep=actual)
         return final
 
 

@@ -159,6 +159,25 @@ def p_seconds(lo: float, hi: float) -> Callable[[Any], float]:
     return parse
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_SIZE_UNIT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def p_size(v: Any) -> int:
+    """A size in bytes: a whole number or a string like "512M", "20G", "1.5T"."""
+    if isinstance(v, bool):
+        raise ValueError("must be a size, not a boolean")
+    if isinstance(v, int):
+        size = v
+    elif isinstance(v, str) and (m := _SIZE.match(v)):
+        size = int(float(m.group(1)) * _SIZE_UNIT[m.group(2).upper()])
+    else:
+        raise ValueError(f"must be a size like 0, \"512M\" or \"20G\", not {v!r}")
+    if size < 0:
+        raise ValueError(f"{size} is negative")
+    return size
+
+
 def p_ip(v: Any) -> IPv4Address:
     try:
         return IPv4Address(p_str(v))
@@ -520,6 +539,7 @@ def _store(t: Table, base: Path, data: Path) -> StoreConfig:
         database=t.get("database", lambda v: resolve_database(base, v),
                        f"sqlite:///{data / 'astralboot.db'}"),
         cache=t.get("cache", lambda v: resolve_path(base, v), base / "cache"),
+        cache_max=t.get("cache_max", p_size, 0),
     )
     t.finish()
     return cfg
@@ -570,5 +590,5 @@ def _all_keys() -> set[str]:
         "tftp.per_client", "tftp.timeout", "tftp.retries", "tftp.memory_cache", "http.port",
         "http.bind", "http.workers", "http.threads", "http.public_url", "menu.default",
         "menu.timeout", "ipfs.enabled", "ipfs.api", "ipfs.timeout", "store.database",
-        "store.cache", "bus.endpoint", "bus.events", "bus.deadline",
+        "store.cache", "store.cache_max", "bus.endpoint", "bus.events", "bus.deadline",
     }

@@ -97,6 +97,7 @@ class IpfsConfig:
 class StoreConfig:
     database: str  # SQLAlchemy URL; relative SQLite paths already resolved
     cache: Path
+    cache_max: int  # bytes; 0: the cache is not bounded
 
 
 @dataclass(frozen=True, slots=True)

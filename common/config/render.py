@@ -108,7 +108,8 @@ def render(config: Config, *, annotate: bool = True) -> str:
         out.append(f"# root CID from {config.refs_path}: {i.root}")
 
     s = config.store
-    out += ["", "[store]"] + _lines([("database", s.database), ("cache", s.cache)], "store.", d)
+    out += ["", "[store]"] + _lines([("database", s.database), ("cache", s.cache),
+                                       ("cache_max", s.cache_max)], "store.", d)
 
     b = config.bus
     out += ["", "[bus]"] + _lines([

@@ -129,7 +129,7 @@ def run(config: Config, **overrides: Any) -> int:
     try:
         metrics = Metrics.prepare(config.runtime_dir / f"httpd-{config.http.port}.metrics")
         bus = SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline)
-        app = create_app(BusStore(bus, config.store.cache), config, metrics=metrics)
+        app = create_app(BusStore(bus, config.store.cache, config.store.cache_max), config, metrics=metrics)
         log.info("httpd on %s:%d (public URL %s), %s workers x %s threads, store at %s",
                  config.http.bind, config.http.port, config.http.public_url,
                  overrides.get("workers") or config.http.workers,

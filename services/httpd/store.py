@@ -74,15 +74,14 @@ class BusStore:
 
     On the store's own host the cache folder is shared, so a stat is enough
     for the bytes to be there; elsewhere :func:`fetch_to_cache` streams them
-    in once. Verified paths are remembered per digest, so an image request
-    costs no hashing after the first.
+    in once. A file under its digest's name was verified as it was written,
+    so an image request costs one stat and no hashing.
     """
 
-    def __init__(self, bus: "SyncBusClient", cache_root: Path) -> None:
+    def __init__(self, bus: "SyncBusClient", cache_root: Path, cache_max: int = 0) -> None:
         from ...common.content import DigestCache  # the store engineer's module
         self.bus = bus
-        self.cache = DigestCache(cache_root)
-        self._paths: dict[str, Path] = {}
+        self.cache = DigestCache(cache_root, cache_max)
         self._fetching: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -147,8 +146,8 @@ class BusStore:
         digest = entry.digest
         if digest is None:
             raise RemoteError(ErrorCode.BAD_REQUEST, f"{entry.path} is a folder")
-        known = self._paths.get(digest)
-        if known is not None and known.exists():
+        known = self.cache.lookup(digest, entry.size)  # one stat; marks the file used
+        if known is not None:
             return known
         with self._lock:
             gate = self._fetching.setdefault(digest, threading.Lock())
@@ -161,7 +160,6 @@ class BusStore:
                     path = fetch_to_cache(self.bus, self.cache, entry)
                 except CacheError as exc:  # bad bytes were dropped; a retry fetches again
                     raise RemoteError(ErrorCode.UNAVAILABLE, str(exc)) from None
-            self._paths[digest] = path
         with self._lock:
             self._fetching.pop(digest, None)
         return path

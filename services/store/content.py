@@ -133,6 +133,7 @@ class ContentStore:
             return False
         signature = (st.st_size, st.st_mtime_ns, st.st_ino)
         if self._verified.get(digest) == signature:
+            self.cache.touch(path, st)
             return True
         if not verify:
             return False

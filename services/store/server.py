@@ -528,6 +528,11 @@ class StoreServer:
                     "content.requests", "content.quick", "content.timeouts"):
             details[key] = self.stats[key]
         details.update({f"content.{k}": v for k, v in self.content.stats.items()})
+        cache = self.content.cache
+        if cache.max_bytes:
+            details["content.cache_max"] = cache.max_bytes
+            details["content.evicted"] = cache.evicted
+            details["content.evicted_bytes"] = cache.evicted_bytes
         return health_reply(SERVICE, self.started, details,
                             status="ok" if self.ready else "degraded")
 
@@ -564,7 +569,7 @@ def build(config: Config) -> StoreServer:
         database.close()
         raise StartupError(SERVICE, f"cannot load state from {describe(config.store.database)}: "
                                     f"{exc}") from exc
-    cache = DigestCache(config.store.cache)
+    cache = DigestCache(config.store.cache, config.store.cache_max)
     try:
         config.store.cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -463,7 +463,7 @@ async def main(fe: FrontEnd) -> None:
     from astralboot.common.content import DigestCache, fetch_to_cache_async
 
     config = fe.config
-    content = StoreContent(fe.bus, DigestCache(config.store.cache), fetch_to_cache_async,
+    content = StoreContent(fe.bus, DigestCache(config.store.cache, config.store.cache_max), fetch_to_cache_async,
                            memory_limit=config.tftp.memory_cache)
     service = ReadService(content, limits_for(config), retries=config.tftp.retries)
     reporter = Reporter(fe)

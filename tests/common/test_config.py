@@ -34,6 +34,8 @@ def write(folder: Path, text: str, name: str = "config.toml") -> Path:
     (BASE + '[ipfs]\napi = "localhost:5001"\n', "ipfs.api", "multiaddr"),
     (BASE + '[store]\ndatabase = "mysql://x"\n', "store.database", "sqlite"),
     (BASE + '[store]\ndatabase = "sqlite:///:memory:"\n', "store.database", "lose every lease"),
+    (BASE + '[store]\ncache_max = "lots"\n', "store.cache_max", "size like"),
+    (BASE + '[store]\ncache_max = -1\n', "store.cache_max", "negative"),
     (BASE + '[bus]\nendpoint = "udp://1.2.3.4:5"\n', "bus.endpoint", "tcp://HOST:PORT"),
     (BASE + 'log_level = "chatty"\n', "log_level", "not one of"),
     (BASE + 'dns = []\n', "dns", "non-empty"),
@@ -99,7 +101,16 @@ def test_defaults_and_derived_values(short_tmp: Path) -> None:
     assert config.bus.events == f"ipc://{short_tmp}/run/events.sock"
     assert config.store.database == f"sqlite:///{short_tmp}/data/astralboot.db"
     assert config.dhcp.rogue_listen == 5.0  # longer than a pinging server takes to answer
+    assert config.store.cache_max == 0  # the cache is not bounded unless asked
     assert "gateway" in config.derived and "address" not in config.derived
+
+
+@pytest.mark.parametrize("value, size", [
+    ("0", 0), ("1048576", 1 << 20), ("512M", 512 << 20), ("20G", 20 << 30), ("1.5T", 3 << 39),
+    ("64 KiB", 64 << 10), ("2gb", 2 << 30)])
+def test_cache_bound_takes_sizes_with_units(short_tmp: Path, value: str, size: int) -> None:
+    quoted = value if value.isdigit() else f'"{value}"'
+    assert load(write(short_tmp, BASE + f"[store]\ncache_max = {quoted}\n")).store.cache_max == size
 
 
 def test_address_and_network_are_read_from_the_interface(short_tmp: Path) -> None:

@@ -219,3 +219,64 @@ def test_a_failing_source_leaves_nothing_behind(short_tmp: Path) -> None:
     with pytest.raises(OSError):
         cache.add(broken())
     assert not list((short_tmp / "cache").iterdir())
+
+
+def test_a_bounded_cache_removes_what_was_used_least_recently(short_tmp: Path) -> None:
+    root = short_tmp / "cache"
+    cache = DigestCache(root, max_bytes=250_000)
+    digests = [cache.add(iter([os.urandom(100_000)]))[0] for _ in range(2)]
+    old, used = digests
+    (root / "refs").mkdir()  # the store's own folder: never a candidate
+    (root / "refs" / "x").write_text("kept")
+    long_ago = os.stat(root / old).st_mtime_ns - 3600 * 10**9
+    for digest in digests:  # both last used an hour ago ...
+        os.utime(root / digest, ns=(long_ago, os.stat(root / digest).st_mtime_ns))
+    mtime = os.stat(root / used).st_mtime_ns
+    assert cache.lookup(used, 100_000) == root / used  # ... then one is used again
+    assert os.stat(root / used).st_mtime_ns == mtime  # use never changes the mtime
+
+    new, _, _ = cache.add(iter([os.urandom(100_000)]))  # 300,000 bytes: over the bound
+    assert not (root / old).exists()
+    assert (root / used).exists() and (root / new).exists()
+    assert (root / "refs" / "x").read_text() == "kept"
+    assert (cache.evicted, cache.evicted_bytes) == (1, 100_000)
+
+    # The file just added stays even when it alone is over the bound.
+    big, _, path = DigestCache(root, max_bytes=50_000).add(iter([os.urandom(60_000)]))
+    assert path.exists() and [p.name for p in root.iterdir() if p.is_file()] == [big]
+
+
+def test_an_unbounded_cache_keeps_everything(short_tmp: Path) -> None:
+    cache = DigestCache(short_tmp / "cache")
+    for _ in range(5):
+        cache.add(iter([os.urandom(50_000)]))
+    assert len(list((short_tmp / "cache").iterdir())) == 5 and cache.evicted == 0
+
+
+def test_a_store_with_a_bounded_cache_fetches_an_evicted_file_again(short_tmp: Path) -> None:
+    # Room for the 3 MB kernel or for the small files, not for both.
+    config = write_store_config(short_tmp, f"sqlite:///{short_tmp / 'leases.db'}",
+                                extra={"store.cache_max": "3100K"})
+    with StoreLab(short_tmp, config) as lab:
+        cache = lab.config.store.cache
+        kernel = stat(lab, "boot/debian/images/linux")
+        boot = stat(lab, "tftp/undionly.kpxe")
+        tool = stat(lab, "bin/tool")
+        assert kernel.digest and boot.digest and tool.digest
+        assert not (cache / kernel.digest).exists()  # least recently used: gone
+        assert sum(p.stat().st_size for p in cache.iterdir() if p.is_file()) <= 3100 << 10
+
+        # Asked for again, it comes back whole from the data folder.
+        source = (lab.config.data / "boot/debian/images/linux").read_bytes()
+        assert stat(lab, "boot/debian/images/linux") == kernel
+        assert (cache / kernel.digest).read_bytes() == source
+        # And a front end on another host can still stream any of them.
+        data = lab.call(ContentRead(digest=boot.digest, offset=0, length=boot.size))
+        assert isinstance(data, ContentDataReply)
+        assert data.data == (lab.config.data / "tftp/undionly.kpxe").read_bytes()
+
+        health = lab.call(Health())
+        assert isinstance(health, HealthReply)
+        details = dict(health.details)
+        assert details["content.cache_max"] == 3100 << 10
+        assert details["content.evicted"] >= 2  # the kernel, then the small files
