@@ -66,12 +66,13 @@ class Namespace:
 
 @dataclass
 class Host:
-    """A client namespace attached to the lab's bridge."""
+    """A client namespace attached to the lab's bridge (or behind a router)."""
 
     ns: Namespace
     ifname: str
     address: str | None
     mac: str
+    uplink: str | None = None  # behind a router: the router's interface facing this host
 
 
 @dataclass
@@ -138,6 +139,27 @@ class Lab:
         ns.ip("link", "set", inner, "up")
         host = Host(ns=ns, ifname=inner, address=address.split("/")[0] if address else None,
                     mac=mac)
+        self.hosts.append(host)
+        return host
+
+    def add_behind(self, router: Host, name: str, router_address: str,
+                   mac: str | None = None) -> Host:
+        """A client namespace on a segment of its own behind ``router`` (a relay).
+
+        ``router_address`` (e.g. "198.18.0.2/16") goes on the router's side of
+        the new link; the client's side is left unconfigured, for DHCP.
+        """
+        index = len(self.hosts)
+        ns = self._make_ns(f"ab{self.tag}{name}"[:15])
+        down = f"down{index}"
+        mac = mac or f"02:ab:{secrets.token_hex(1)}:{secrets.token_hex(1)}:01:{index + 1:02x}"
+        router.ns.ip("link", "add", down, "type", "veth", "peer", "name", "eth0",
+                     "netns", ns.name)
+        router.ns.ip("addr", "add", router_address, "dev", down)
+        router.ns.ip("link", "set", down, "up")
+        ns.ip("link", "set", "eth0", "address", mac)
+        ns.ip("link", "set", "eth0", "up")
+        host = Host(ns=ns, ifname="eth0", address=None, mac=mac, uplink=down)
         self.hosts.append(host)
         return host
 

@@ -207,6 +207,21 @@ def test_proxy_offer_has_boot_information_and_no_address() -> None:
     assert not proxy.asked_for_leases()
 
 
+def test_proxy_behind_a_relay_answers_the_relay() -> None:
+    # The relay forwards the DISCOVER to the address server and to us alike.
+    proxy = Proxy()
+    info = bytes.fromhex("0106657468302f31")  # circuit id "eth0/1"
+    answer = proxy.send(arch=7, vendor=PXE_X64, giaddr="198.18.0.2",
+                        extra={c.OPT_RELAY_AGENT: info})
+    assert answer is not None
+    p, dest = answer
+    assert message_type(p) == c.DHCPOFFER and p.yiaddr == "0.0.0.0"
+    assert p.giaddr == "198.18.0.2" and boot_file(p) == "snponly.efi"
+    assert p.options[c.OPT_RELAY_AGENT] == info  # the relay finds its port by it
+    assert (dest.ip, dest.port) == ("198.18.0.2", 67)
+    assert not proxy.asked_for_leases()
+
+
 def test_proxy_ignores_clients_that_do_not_boot() -> None:
     proxy = Proxy()
     assert proxy.send(vendor=b"udhcp 1.35.0") is None

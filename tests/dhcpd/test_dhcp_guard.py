@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,3 +107,42 @@ def test_proxy_mode_beside_the_address_server(lab: Lab, short_tmp: Path) -> None
             assert env["serverid"] == "192.0.2.5"
             assert dl.leases() == []
             assert dl.stats()["ignored.not_a_boot_client"] >= 1
+
+
+def _listening(host: Host, port: int) -> bool:
+    out = host.ns.run(["ss", "-Hlun", f"sport = :{port}"], check=False).stdout
+    return bool(out.strip())
+
+
+def test_proxy_mode_behind_a_relay(lab: Lab, short_tmp: Path) -> None:
+    # A routed boot segment: client --- dhcrelay --- bridge with dnsmasq (addresses)
+    # and AstralBoot (boot information only). The relay forwards to both.
+    relay = lab.add_host("relay", address="192.0.2.3/24")
+    fw = lab.add_behind(relay, "fw", "198.18.0.2/16")
+    assert fw.uplink is not None
+    lab.server.ip("route", "add", "198.18.0.0/16", "via", "192.0.2.3")
+    with dnsmasq(lab, short_tmp / "other", "--dhcp-range=198.18.1.50,198.18.1.60,255.255.0.0,1h") \
+            as other:
+        other.ns.ip("route", "add", "198.18.0.0/16", "via", "192.0.2.3")
+        with serving(lab, short_tmp, {"dhcp.proxy": True}) as dl:
+            dhcrelay = relay.ns.popen(
+                ["dhcrelay", "-4", "-d", "--no-pid", "-iu", relay.ifname, "-id", fw.uplink,
+                 "192.0.2.1", "192.0.2.5"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                dl.wait_for("dhcrelay listening", lambda: _listening(relay, 67))
+                discover = client_packet(c.DHCPDISCOVER, fw.mac, flags=c.FLAG_BROADCAST,
+                                         arch=7, vendor=PXE)
+                replies = dl.probe(fw, [discover], count=2, wait=15)
+            finally:
+                dhcrelay.terminate()
+                dhcrelay.wait(timeout=10)
+            by_server = {socket.inet_ntoa(p.options[c.OPT_SERVER_ID]): p for _, p in replies}
+            assert set(by_server) == {"192.0.2.5", "192.0.2.1"}
+            theirs, ours = by_server["192.0.2.5"], by_server["192.0.2.1"]
+            assert 50 <= int(theirs.yiaddr.split(".")[3]) <= 60  # the address: dnsmasq's
+            assert ours.yiaddr == "0.0.0.0" and ours.giaddr == "198.18.0.2"
+            assert ours.file == b"snponly.efi" and ours.siaddr == "192.0.2.1"
+            assert ours.options[c.OPT_VENDOR_CLASS] == b"PXEClient"
+            assert dl.leases() == []
+            assert dl.stats()["proxy_offers"] == 1
