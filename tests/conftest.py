@@ -18,6 +18,15 @@ from astralboot.common.lab.netns import Lab
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_folders() -> Iterator[None]:
+    """Remove the short runtime folders that write_config made for long test paths."""
+    before = set(Path(tempfile.gettempdir()).glob("ab-run-*"))
+    yield
+    for path in set(Path(tempfile.gettempdir()).glob("ab-run-*")) - before:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temporary folder with a short path (UNIX socket paths must stay short)."""
