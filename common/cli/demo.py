@@ -68,6 +68,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"astralboot demo: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _on_term)
+    # Ctrl-C must clean up even when whoever started us passed SIGINT on as
+    # ignored (a job started in the background does), which Python keeps.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     firmware = "uefi" if args.uefi else "bios"
     mac = f"52:54:00:{secrets.token_hex(1)}:{secrets.token_hex(1)}:{secrets.token_hex(1)}"
     work = Path(tempfile.mkdtemp(prefix="ab-demo-"))

@@ -20,6 +20,10 @@ from astralboot.common.lab.stack import astralboot_argv
 pytestmark = pytest.mark.netns
 
 
+def _ignoring_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_demo_needs_root_and_says_so() -> None:
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                              *astralboot_argv("demo")], capture_output=True, text=True,
@@ -35,8 +39,11 @@ def _qemu_running_for(mac: str) -> bool:
 
 
 def test_ctrl_c_during_the_boot_cleans_everything_up() -> None:
+    # Started with SIGINT ignored (as by a suite run in the background): the
+    # demo must take Ctrl-C all the same.
     demo = subprocess.Popen(astralboot_argv("demo"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_ignoring_sigint)
     lines: list[str] = []
     try:
         assert demo.stdout is not None
