@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # AstralBoot's two set-up commands, for a fresh Debian 12 (or newer) machine:
 #
-#   sudo ./run.sh demo [--uefi]   install everything, then boot a QEMU guest through
+#   ./run.sh demo [--uefi]   install everything, then boot a QEMU guest through
 #                                 the whole chain in an isolated namespace network
-#   sudo ./run.sh test [ARGS]     install the test dependencies, then run every test
+#   ./run.sh test [ARGS]     install the test dependencies, then run every test
 #                                 (ARGS go to pytest)
-#   sudo ./run.sh bench [NAME]    install the peers too (dnsmasq, Kea, nginx), run bench/
+#   ./run.sh bench [NAME]    install the peers too (dnsmasq, Kea, nginx), run bench/
 #
 # Root is needed: packages come from apt, and the demo and the tests build
 # network namespaces. Nothing here touches a real network interface.
