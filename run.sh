@@ -2,9 +2,9 @@
 # AstralBoot's two set-up commands, for a fresh Debian 12 (or newer) machine:
 #
 #   ./run.sh demo [--uefi]   install everything, then boot a QEMU guest through
-#                           the whole chain in an isolated namespace network
+#                            the whole chain in an isolated namespace network
 #   ./run.sh test [ARGS]     install the test dependencies, then run every test
-#                           (ARGS go to pytest)
+#                            (ARGS go to pytest)
 #   ./run.sh bench [NAME]    install the peers too (dnsmasq, Kea, nginx), run bench/
 #
 # Root is needed: packages come from apt, and the demo and the tests build
