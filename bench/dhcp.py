@@ -85,7 +85,7 @@ def _exchange(text: str, name: str) -> tuple[int, int]:
     return (int(sent.group(1)) if sent else 0, int(received.group(1)) if received else 0)
 
 
-def perfdhcp(lab: Lab, client: object, rate: int, seconds: int) -> tuple[str, str]:
+def perfdhcp(client: object, rate: int, seconds: int) -> tuple[str, str]:
     argv = ["perfdhcp", "-4", "-l", RELAY, "-r", str(rate), "-R", str(CLIENTS),
             "-p", str(seconds), "-W", "2000000", SERVER]
     proc = client.ns.run(argv, check=False, timeout=seconds + 120)  # type: ignore[attr-defined]
@@ -97,6 +97,30 @@ def _network(lab: Lab) -> object:
     return lab.add_host("perf", address=f"{RELAY}/16")
 
 
+def _measure(result: Run, client: object, procs: dict[str, psutil.Process]) -> Run:
+    """One perfdhcp run into ``result``, with the CPU each server process spent on it."""
+    before = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+    out, err = perfdhcp(client, result.rate, result.seconds)
+    result.cpu = {name: sum(p.cpu_times()[:2]) - before[name] for name, p in procs.items()}
+    result.offers, result.acks = _exchange(out, "DISCOVER-OFFER"), _exchange(out, "REQUEST-ACK")
+    if result.offers[0] == 0:
+        result.error = (err or out).strip()[-300:]
+    return result
+
+
+def _measure_peer(result: Run, argv: list[str], settle: float) -> Run:
+    """A peer server started from ``argv`` in the lab, given ``settle`` seconds, measured."""
+    with Lab() as lab:
+        client = _network(lab)
+        proc = lab.server.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(settle)
+            return _measure(result, client, {result.server: psutil.Process(proc.pid)})
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 def run_astralboot(rate: int, seconds: int, workdir: Path) -> Run:
     result = Run("astralboot", rate, seconds)
     folder = Path(tempfile.mkdtemp(prefix="ab-", dir=workdir))
@@ -104,46 +128,28 @@ def run_astralboot(rate: int, seconds: int, workdir: Path) -> Run:
                           extra={"log_level": "warning"})
     with config.open("a") as f:
         f.write(f'\n[[dhcp.subnet]]\nnetwork = "{NETWORK}"\nrange = "{POOL[0]}-{POOL[1]}"\n')
-    with Lab() as lab, Stack(config, services=("store", "dhcpd"), netns=lab.server) as stack:
-        client = _network(lab)
-        procs = {name: psutil.Process(p.pid) for name, p in stack.procs.items()}
-        before = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
-        out, err = perfdhcp(lab, client, rate, seconds)
-        result.cpu = {name: sum(p.cpu_times()[:2]) - before[name] for name, p in procs.items()}
-    shutil.rmtree(folder, ignore_errors=True)
-    result.offers, result.acks = _exchange(out, "DISCOVER-OFFER"), _exchange(out, "REQUEST-ACK")
-    if result.offers[0] == 0:
-        result.error = (err or out).strip()[-300:]
-    return result
+    try:
+        with Lab() as lab, Stack(config, services=("store", "dhcpd"), netns=lab.server) as stack:
+            client = _network(lab)
+            return _measure(result, client, {name: psutil.Process(p.pid)
+                                             for name, p in stack.procs.items()})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_dnsmasq(rate: int, seconds: int, workdir: Path) -> Run:
-    result = Run("dnsmasq", rate, seconds)
     folder = Path(tempfile.mkdtemp(prefix="dnsmasq-", dir=workdir))
-    with Lab() as lab:
-        client = _network(lab)
-        proc = lab.server.popen(
-            ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
-             f"--pid-file={folder}/pid", f"--dhcp-leasefile={folder}/leases",
-             "--interface=br0", "--bind-interfaces", "--dhcp-lease-max=100000",
-             # dnsmasq pings an address before offering it and answers only a
-             # retransmitted DISCOVER meanwhile; perfdhcp never retransmits.
-             "--no-ping",
-             f"--dhcp-range={POOL[0]},{POOL[1]},255.255.0.0,12h"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(1)
-            cpu0 = sum(psutil.Process(proc.pid).cpu_times()[:2])
-            out, err = perfdhcp(lab, client, rate, seconds)
-            result.cpu = {"dnsmasq": sum(psutil.Process(proc.pid).cpu_times()[:2]) - cpu0}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-    shutil.rmtree(folder, ignore_errors=True)
-    result.offers, result.acks = _exchange(out, "DISCOVER-OFFER"), _exchange(out, "REQUEST-ACK")
-    if result.offers[0] == 0:
-        result.error = (err or out).strip()[-300:]
-    return result
+    try:
+        return _measure_peer(Run("dnsmasq", rate, seconds), [
+            "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
+            f"--pid-file={folder}/pid", f"--dhcp-leasefile={folder}/leases",
+            "--interface=br0", "--bind-interfaces", "--dhcp-lease-max=100000",
+            # dnsmasq pings an address before offering it and answers only a
+            # retransmitted DISCOVER meanwhile; perfdhcp never retransmits.
+            "--no-ping",
+            f"--dhcp-range={POOL[0]},{POOL[1]},255.255.0.0,12h"], settle=1)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 KEA = {"Dhcp4": {
@@ -157,30 +163,17 @@ KEA = {"Dhcp4": {
 
 def run_kea(rate: int, seconds: int, workdir: Path) -> Run:
     """Kea as measured in ../shared/notes/peers.md: memfile, no persistence."""
-    result = Run("kea", rate, seconds)
     folder = Path(tempfile.mkdtemp(prefix="kea-", dir=workdir))
     config = dict(KEA["Dhcp4"])
     config["loggers"] = [{"name": "kea-dhcp4", "severity": "WARN",
                           "output_options": [{"output": str(folder / "kea.log")}]}]
     (folder / "kea.json").write_text(json.dumps({"Dhcp4": config}))
     Path("/run/kea").mkdir(parents=True, exist_ok=True)
-    with Lab() as lab:
-        client = _network(lab)
-        proc = lab.server.popen(["kea-dhcp4", "-c", str(folder / "kea.json")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(2)
-            cpu0 = sum(psutil.Process(proc.pid).cpu_times()[:2])
-            out, err = perfdhcp(lab, client, rate, seconds)
-            result.cpu = {"kea": sum(psutil.Process(proc.pid).cpu_times()[:2]) - cpu0}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-    shutil.rmtree(folder, ignore_errors=True)
-    result.offers, result.acks = _exchange(out, "DISCOVER-OFFER"), _exchange(out, "REQUEST-ACK")
-    if result.offers[0] == 0:
-        result.error = (err or out).strip()[-300:]
-    return result
+    try:
+        return _measure_peer(Run("kea", rate, seconds),
+                             ["kea-dhcp4", "-c", str(folder / "kea.json")], settle=2)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _row(r: Run) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -37,10 +36,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from astralboot.common.lab.postgres import scratch_database
 from astralboot.common.lab.stack import Stack, write_config
 
 DRIVER = Path(__file__).with_name("store_driver.py")
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @contextmanager
@@ -48,19 +47,8 @@ def database(backend: str, folder: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{folder / 'astralboot.db'}"
         return
-    import sqlalchemy as sa
-    name = f"astralboot_bench_{secrets.token_hex(4)}"
-    admin = sa.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 "WHERE datname = :n"), {"n": name})
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    with scratch_database("astralboot_bench") as url:
+        yield url
 
 
 def cpu_seconds(pid: int) -> float:

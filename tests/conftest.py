@@ -5,7 +5,6 @@ Service-specific fixtures live in each folder's own conftest.py.
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,8 +13,7 @@ from typing import Iterator
 import pytest
 
 from astralboot.common.lab.netns import Lab
-
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from astralboot.common.lab.postgres import scratch_database
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,25 +40,8 @@ def lab() -> Iterator[Lab]:
         yield network
 
 
-def _admin_engine():  # type: ignore[no-untyped-def]
-    import sqlalchemy as sa
-    return sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-
-
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database on the local server, dropped afterwards."""
-    import sqlalchemy as sa
-    name = f"astralboot_test_{secrets.token_hex(4)}"
-    admin = _admin_engine()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name})
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    with scratch_database("astralboot_test") as url:
+        yield url

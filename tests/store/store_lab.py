@@ -11,16 +11,14 @@ import secrets
 import signal
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
-
-import sqlalchemy as sa
+from typing import Any, ContextManager, Iterator
 
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.bus.schema import Reply, Request
 from astralboot.common.config import Config, load
+from astralboot.common.lab.postgres import scratch_database
 from astralboot.common.lab.stack import Stack, write_config
 
-POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgres")
 
 # The lab network of the rule tests: the server is .1, the gateway .2, and
@@ -50,22 +48,9 @@ address = "{STATIC_IP}"
 """
 
 
-@contextmanager
-def postgres_database() -> Iterator[str]:
+def postgres_database() -> ContextManager[str]:
     """A fresh PostgreSQL database for as long as the block runs."""
-    name = f"astralboot_store_{secrets.token_hex(4)}"
-    admin = sa.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name})
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    return scratch_database("astralboot_store")
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import zmq
 
 from astralboot.common.bus.client import AsyncBusClient
 from astralboot.common.bus.frames import pack, unpack
+from astralboot.common.lab.postgres import admin_engine
 from astralboot.common.messages import (Done, ErrorReply, Health, HealthReply, LeaseCommit,
                                         LeaseDecline, LeaseList, LeaseListReply, LeaseLookup,
                                         LeaseGrant, LeaseOffer, LeaseRelease, LeaseReply,
@@ -230,14 +231,14 @@ def test_kill_9_loses_no_acknowledged_lease(store_factory: Any, short_tmp: Path)
 
 def test_a_database_outage_is_unavailable_then_recovers(short_tmp: Path) -> None:
     """PostgreSQL goes away mid-service: typed errors, then back to serving."""
-    from store_lab import postgres_database, write_store_config, POSTGRES_ADMIN
+    from store_lab import postgres_database, write_store_config
 
     with postgres_database() as url:
         name = url.rsplit("/", 1)[1]
         with StoreLab(short_tmp, write_store_config(short_tmp, url)) as store:
             before = new_mac()
             before_ip = bind(store, before)
-            admin = sa.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+            admin = admin_engine()
             try:
                 with admin.connect() as conn:
                     conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
