@@ -327,7 +327,6 @@ class DhcpPolicy:
             self._store_error(msg, reply)
             return
         self.stats["releases"] += 1
-        return
 
     async def _inform(self, msg: ClientMessage, arrival: Arrival) -> Outgoing | None:
         """ACK with the network's settings and no lease (RFC 2131 4.3.5)."""
