@@ -46,3 +46,46 @@ def configure(level: str, service: str | None = None) -> None:
     quiet = logging.WARNING if LEVELS[level] > TRACE else logging.DEBUG
     for name in ("urllib3", "ipfshttpclient", "alembic", "sqlalchemy", "gunicorn.access"):
         logging.getLogger(name).setLevel(max(quiet, LEVELS[level]))
+
+
+class SenderLimit:
+    """Rate limit for log lines a network peer can cause (one per sender per period).
+
+    A DECLINE flood or a fuzzer must not flood the log: the first line from
+    a sender is logged, further ones within ``period`` seconds are only
+    counted, and the next line logged for that sender says how many were
+    held back. At most ``senders`` are remembered (the oldest is forgotten
+    first), so a flood from random addresses costs bounded memory.
+    """
+
+    def __init__(self, period: float = 60.0, senders: int = 4096) -> None:
+        self.period = period
+        self.senders = senders
+        self.suppressed_total = 0
+        self._seen: dict[object, list[float | int]] = {}  # sender -> [last logged, held back]
+
+    def allow(self, sender: object, now: float) -> tuple[bool, int]:
+        """Whether to log for ``sender`` now, and how many lines were held back before it."""
+        entry = self._seen.get(sender)
+        if entry is not None and now - entry[0] < self.period:
+            entry[1] += 1
+            self.suppressed_total += 1
+            return False, 0
+        held = int(entry[1]) if entry is not None else 0
+        if entry is not None:
+            del self._seen[sender]  # re-inserted last: dicts keep insertion order
+        elif len(self._seen) >= self.senders:
+            del self._seen[next(iter(self._seen))]
+        self._seen[sender] = [now, 0]
+        return True, held
+
+    def log(self, logger: logging.Logger, level: int, sender: object, now: float,
+            msg: str, *args: object) -> bool:
+        """Log ``msg % args`` for ``sender`` unless it is held back; True if logged."""
+        ok, held = self.allow(sender, now)
+        if ok:
+            if held:
+                msg += " (%d more from this sender held back)"
+                args = (*args, held)
+            logger.log(level, msg, *args)
+        return ok

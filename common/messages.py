@@ -11,7 +11,7 @@ times as float seconds since the epoch.
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Literal
+from typing import Any, Callable, Literal
 
 from .bus.schema import Record, Reply, Request, message, record
 from .errors import ErrorCode
@@ -129,6 +129,7 @@ class LeaseGrant(Reply):
     expires: float
     name: str | None = None
     os: str | None = None
+    mac: str = ""  # the client's, so the caller can check the grant is for its request
 
 
 @message("ok.leases")
@@ -181,6 +182,12 @@ class ContentDataReply(Reply):
 @message("ok.events")
 class EventListReply(Reply):
     events: tuple[BootEvent, ...] = ()
+
+
+@message("ok.subscribed")
+class SubscribeReply(Reply):
+    topics: tuple[str, ...] = ()
+    renew: float = 10.0  # seconds until the subscription should be sent again
 
 
 @message("ok.health")
@@ -371,6 +378,78 @@ class EventList(Request):
     limit: int = 1000
 
 
+@message("event.subscribe")
+class EventSubscribe(Request):
+    """Sent on the events socket: stream the events of MACs starting with ``topics``.
+
+    ``""`` is every machine; no topics ends the subscription. A subscription
+    lasts a few renew periods (the reply says how long one is), so the
+    subscriber sends it again, which also re-subscribes at a restarted store.
+    """
+
+    topics: tuple[str, ...] = ()
+
+
 @message("health")
 class Health(Request):
     pass
+
+
+# --- which reply answers which request ----------------------------------------
+#
+# The request id ties a reply to its request; this is the second check. A
+# reply of the wrong kind, or about another machine, address or file, is
+# never taken as the answer (a client counts and drops it), so a crossing of
+# two requests can fail a request but never hand one machine another's record.
+
+
+def _mac_key(text: str | None) -> str:
+    return "".join(c for c in (text or "").lower() if c in "0123456789abcdef")
+
+
+def _path_key(text: str) -> str:
+    return "/".join(p for p in text.split("/") if p not in ("", "."))
+
+
+def _same_mac(a: str | None, b: str | None) -> bool:
+    return _mac_key(a) == _mac_key(b)
+
+
+def _lease_matches(req: LeaseLookup, reply: LeaseReply) -> bool:
+    if req.ip is not None:
+        return reply.lease.ip == req.ip
+    return _same_mac(reply.lease.mac, req.mac)
+
+
+_ANSWERS: dict[type, tuple[type, Callable[[Any, Any], bool] | None]] = {
+    LeaseOffer: (LeaseGrant, lambda q, r: not r.mac or _same_mac(r.mac, q.mac)),
+    LeaseCommit: (LeaseGrant, lambda q, r: r.ip == q.ip and (not r.mac or _same_mac(r.mac, q.mac))),
+    LeaseRelease: (Done, None),
+    LeaseDecline: (Done, None),
+    LeaseLookup: (LeaseReply, _lease_matches),
+    LeaseList: (LeaseListReply, None),
+    LeaseImport: (ImportReply, None),
+    ReservationSet: (Done, None),
+    ReservationDelete: (Done, None),
+    ReservationList: (ReservationListReply, None),
+    MachineGet: (MachineReply, lambda q, r: _same_mac(r.machine.mac, q.mac)),
+    MachineSet: (MachineReply, lambda q, r: _same_mac(r.machine.mac, q.mac)),
+    MachineList: (MachineListReply, None),
+    ContentStat: (ContentStatReply, lambda q, r: _path_key(r.entry.path) == _path_key(q.path)),
+    ContentList: (ContentListReply, lambda q, r: _path_key(r.path) == _path_key(q.path)),
+    ContentRead: (ContentDataReply, lambda q, r: r.digest == q.digest and r.offset == q.offset),
+    EventList: (EventListReply, None),
+    EventSubscribe: (SubscribeReply, lambda q, r: r.topics == q.topics),
+    Health: (HealthReply, None),
+}
+
+
+def answers(request: Request, reply: Reply) -> bool:
+    """Whether ``reply`` can be the answer to ``request`` (an error always can)."""
+    if type(reply) is ErrorReply:
+        return True
+    expected = _ANSWERS.get(type(request))
+    if expected is None:
+        return True  # a kind this table does not know (a newer peer's): id only
+    kind, same = expected
+    return type(reply) is kind and (same is None or same(request, reply))

@@ -21,7 +21,7 @@ import heapq
 import itertools
 import logging
 import os
-import random
+import secrets
 import threading
 import time
 from collections import Counter
@@ -30,8 +30,8 @@ from typing import TypeVar
 import zmq
 
 from ..errors import BusTimeout, MalformedMessage, RemoteError
-from ..messages import ErrorReply
-from .frames import pack, unpack
+from ..messages import ErrorReply, answers
+from .frames import REPLY_LIMITS, pack, unpack
 from .schema import Reply, Request
 
 log = logging.getLogger(__name__)
@@ -45,21 +45,35 @@ R = TypeVar("R", bound=Reply)
 
 def _request_ids() -> itertools.count[int]:
     # A random high part keeps ids from different clients (and restarts of
-    # one client) apart, which the store relies on to answer a retried
-    # commit with its first reply instead of committing twice.
-    return itertools.count((random.getrandbits(31) << 32) + 1)
+    # one client) apart. Made anew in each process: a counter copied into
+    # forked workers would send the same ids from all of them. The store
+    # keys retries by (peer, id), so ids need only be unique per client.
+    return itertools.count((secrets.randbits(31) << 32) + 1)
 
 
-def _configure(sock: zmq.Socket, endpoint: str) -> None:
+def new_identity() -> bytes:
+    """A routing identity for one client socket, kept when the socket is reopened.
+
+    The store remembers answers by (identity, request id), so a request sent
+    again on a reopened socket is recognised as the same request. Random
+    and 16 bytes long, it is not another client's to guess; ZeroMQ keeps
+    identities that start with a zero byte for its own.
+    """
+    return bytes((secrets.randbelow(255) + 1,)) + secrets.token_bytes(15)
+
+
+def _configure(sock: zmq.Socket, endpoint: str, identity: bytes) -> None:
+    sock.setsockopt(zmq.ROUTING_ID, identity)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, REPLY_LIMITS.frame)
     sock.connect(endpoint)
 
 
 def _as_reply(data: bytes) -> Reply | None:
     try:
-        msg = unpack(data)
+        msg = unpack(data, REPLY_LIMITS)
     except MalformedMessage as exc:
         log.warning("dropping malformed reply: %s", exc)
         return None
@@ -67,6 +81,11 @@ def _as_reply(data: bytes) -> Reply | None:
         log.warning("dropping %s: not a reply", msg.kind)
         return None
     return msg
+
+
+def _mismatch(stats: Counter[str], request: Request, rid: int, reply: Reply) -> None:
+    stats["mismatched_replies"] += 1
+    log.error("reply %s (id %x) does not answer %s; dropped", reply.kind, rid, request.kind)
 
 
 def raise_for_error(reply: Reply) -> Reply:
@@ -84,13 +103,15 @@ DRAIN = 64  # replies read per wake-up before other callbacks (the ACKs they fre
 class _Call:
     """One request in flight: its bytes, its future, and its attempts so far."""
 
-    __slots__ = ("rid", "kind", "payload", "future", "attempt", "attempts", "deadline", "end",
-                 "sent_at", "expires", "generation")
+    __slots__ = ("rid", "request", "kind", "payload", "future", "attempt", "attempts",
+                 "deadline", "end", "sent_at", "expires", "generation")
 
-    def __init__(self, rid: int, kind: str, payload: bytes, future: asyncio.Future[Reply],
-                 attempts: int, deadline: float, end: float) -> None:
+    def __init__(self, rid: int, request: Request, payload: bytes,
+                 future: asyncio.Future[Reply], attempts: int, deadline: float,
+                 end: float) -> None:
         self.rid = rid
-        self.kind = kind
+        self.request = request
+        self.kind = request.kind
         self.payload = payload
         self.future = future
         self.attempt = 0
@@ -126,6 +147,7 @@ class AsyncBusClient:
         self.stats: Counter[str] = Counter()
         self._ctx = context or zmq.Context.instance()
         self._ids = _request_ids()
+        self._identity = new_identity()
         self._calls: dict[int, _Call] = {}
         self._expiries: list[tuple[float, int, _Call]] = []
         self._order = itertools.count()
@@ -148,7 +170,7 @@ class AsyncBusClient:
         loop = self._open()
         rid = next(self._ids)
         wait = self.deadline if deadline is None else deadline
-        call = _Call(rid, msg.kind, pack(msg, rid), loop.create_future(), self.retries + 1,
+        call = _Call(rid, msg, pack(msg, rid), loop.create_future(), self.retries + 1,
                      wait, loop.time() + wait)
         self._calls[rid] = call
         self._attempt(call)
@@ -206,7 +228,7 @@ class AsyncBusClient:
     def _connect(self) -> None:
         assert self._loop is not None
         sock = self._ctx.socket(zmq.DEALER)
-        _configure(sock, self.endpoint)
+        _configure(sock, self.endpoint, self._identity)
         self._sock = sock
         self._fd = sock.getsockopt(zmq.FD)
         self._generation += 1
@@ -296,6 +318,9 @@ class AsyncBusClient:
             if call is None or call.future.done():
                 self.stats["stray_replies"] += 1  # answered after we gave up
                 continue
+            if not answers(call.request, reply):
+                _mismatch(self.stats, call.request, call.rid, reply)
+                continue
             call.future.set_result(reply)
         self._schedule_check()  # more than DRAIN waiting: come back after others ran
 
@@ -366,8 +391,7 @@ class SyncBusClient:
 
     def request(self, msg: Request, *, deadline: float | None = None) -> Reply:
         deadline = self.deadline if deadline is None else deadline
-        with self._lock:
-            rid = next(self._ids)
+        rid = self._next_id()
         payload = pack(msg, rid)
         end = time.monotonic() + deadline
         attempts = self.retries + 1
@@ -384,10 +408,12 @@ class SyncBusClient:
                 reply = _as_reply(sock.recv_multipart()[-1])
                 if reply is None:
                     self.stats["malformed_replies"] += 1
-                elif reply.request_id == rid:
+                elif reply.request_id != rid:
+                    self.stats["stray_replies"] += 1
+                elif answers(msg, reply):
                     return reply
                 else:
-                    self.stats["stray_replies"] += 1
+                    _mismatch(self.stats, msg, rid, reply)
             # Lost reply: this thread's socket may be wedged on a dead peer.
             self.stats["attempt_timeouts"] += 1
             self._reset_socket()
@@ -398,8 +424,7 @@ class SyncBusClient:
         return raise_for_error(self.request(msg, deadline=deadline))
 
     def notify(self, msg: Request) -> None:
-        with self._lock:
-            rid = next(self._ids)
+        rid = self._next_id()
         try:
             self._socket().send_multipart([b"", pack(msg, rid)], flags=zmq.NOBLOCK)
             self.stats["notified"] += 1
@@ -419,12 +444,20 @@ class SyncBusClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _next_id(self) -> int:
+        with self._lock:
+            if os.getpid() != self._pid:
+                self._context()  # forked since the last request: new ids first
+            return next(self._ids)
+
     def _context(self) -> zmq.Context:
         pid = os.getpid()
         if self._ctx is None or pid != self._pid:
-            # After a fork (gunicorn workers) the parent's context is unusable.
+            # After a fork (gunicorn workers) the parent's context is unusable,
+            # and the parent's id counter is every sibling's too.
             self._pid = pid
             self._ctx = zmq.Context()
+            self._ids = _request_ids()
             self._sockets = []
             self._local = threading.local()
         return self._ctx
@@ -433,8 +466,11 @@ class SyncBusClient:
         ctx = self._context()
         sock = getattr(self._local, "sock", None)
         if sock is None:
+            identity = getattr(self._local, "identity", None)
+            if identity is None:  # one per thread, kept across resets
+                identity = self._local.identity = new_identity()
             sock = ctx.socket(zmq.DEALER)
-            _configure(sock, self.endpoint)
+            _configure(sock, self.endpoint, identity)
             self._local.sock = sock
             with self._lock:
                 self._sockets.append(sock)

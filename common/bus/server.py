@@ -23,8 +23,9 @@ import zmq.asyncio
 
 from .. import __version__
 from ..errors import ErrorCode, MalformedMessage, StartupError
+from ..logs import SenderLimit
 from ..messages import ErrorReply, Health, HealthReply
-from .frames import pack, unpack
+from .frames import REQUEST_LIMITS, pack, unpack
 from .schema import Reply, Request
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,22 @@ def bind(sock: zmq.Socket, endpoint: str, service: str, *, answers_health: bool 
         raise StartupError(service, f"cannot bind {endpoint}: {reason}") from None
 
 
+def request_socket(context: zmq.Context, *, hwm: int = 1000) -> zmq.Socket:
+    """A ROUTER for requests from any peer, with the bus's limits.
+
+    A frame over the request size never reaches Python (ZeroMQ drops that
+    connection), and a client that reopens its socket after a lost reply
+    keeps its identity: the new connection takes it over from the old one.
+    """
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, REQUEST_LIMITS.frame)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    return sock
+
+
 class Incoming:
     """One decoded request and the routing envelope to answer it on."""
 
@@ -85,6 +102,10 @@ class Incoming:
         self.request = request
 
 
+MAX_ENVELOPE = 2  # the peer's identity, and the empty delimiter a REQ-style sender adds
+_warnings = SenderLimit()
+
+
 def decode(frames: list[bytes], stats: Counter[str]) -> tuple[Incoming | None, list[bytes] | None]:
     """Decode a ROUTER frame list.
 
@@ -92,18 +113,20 @@ def decode(frames: list[bytes], stats: Counter[str]) -> tuple[Incoming | None, l
     when the sender should be told its frame was bad, ``(None, None)`` when
     it must be dropped.
     """
-    if len(frames) < 2:
+    if len(frames) < 2 or len(frames) > MAX_ENVELOPE + 1:
         stats["dropped_frames"] += 1
         return None, None
     envelope, body = frames[:-1], frames[-1]
     try:
-        msg = unpack(body)
+        msg = unpack(body, REQUEST_LIMITS)
     except MalformedMessage as exc:
         stats["malformed"] += 1
+        # One line per peer a minute: a peer sending garbage must not flood the log.
+        _warnings.log(log, logging.WARNING, envelope[0], time.monotonic(),
+                      "bad request %s from a bus peer: %s",
+                      "(unreadable)" if exc.request_id is None else f"{exc.request_id:x}", exc)
         if exc.request_id is None:
-            log.warning("dropping undecodable frame: %s", exc)
             return None, None
-        log.warning("bad request %x: %s", exc.request_id, exc)
         err = ErrorReply(code=ErrorCode.BAD_REQUEST.value, detail=str(exc))
         return None, envelope + [pack(err, exc.request_id)]
     if not isinstance(msg, Request):
@@ -144,8 +167,7 @@ class ControlEndpoint:
         self._sock: zmq.asyncio.Socket | None = None
 
     def bind(self) -> None:
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock = request_socket(self._ctx)
         bind(self._sock, self.endpoint, self.service)
 
     async def serve(self) -> None:

@@ -34,10 +34,10 @@ from typing import Any, Callable
 import zmq
 from zmq.backend import Socket as _BackendSocket
 
-from astralboot.common.bus.events import publish_frames
 from astralboot.common.bus.frames import pack
 from astralboot.common.bus.schema import Reply
-from astralboot.common.bus.server import Incoming, bind, decode, encode, health_reply, ipc_path
+from astralboot.common.bus.server import (Incoming, bind, decode, encode, health_reply, ipc_path,
+                                          request_socket)
 from astralboot.common.config import Config
 from astralboot.common.content import DigestCache
 from astralboot.common.errors import ErrorCode, StartupError
@@ -48,6 +48,7 @@ from astralboot.common.messages import (BootEvent, ContentDataReply, ContentList
 
 from .content import ContentStore
 from .database import Database, DatabaseUnavailable, create_engine, describe, migrate
+from .eventhub import EventHub
 from .journal import Batch, BatchOutcome
 from .service import Result, StoreService
 from .worker import DatabaseThread
@@ -86,14 +87,29 @@ def content_error(exc: ContentError) -> ErrorReply:
     return _error(_CONTENT_CODES.get(type(exc), ErrorCode.UNAVAILABLE), str(exc))
 
 
+Key = tuple[bytes, int]  # (the peer's routing identity, its request id)
+
+
+def request_key(incoming: Incoming) -> Key:
+    """Whose request this is: a request id means something only with its peer.
+
+    Ids are unique per client, not across clients, so a retry is recognised
+    (and answered from memory) only when the same peer sends the same id;
+    another peer sending that id is a new request, never a way to read the
+    first one's answer.
+    """
+    return (incoming.envelope[0], incoming.request.request_id)
+
+
 class Waiting:
     """A request whose reply waits for its batch to be durable."""
 
-    __slots__ = ("request_id", "envelopes", "reply", "publish")
+    __slots__ = ("key", "request_id", "envelopes", "reply", "publish")
 
-    def __init__(self, request_id: int, envelope: list[bytes], reply: Reply | None,
+    def __init__(self, key: Key, envelope: list[bytes], reply: Reply | None,
                  publish: BootEvent | None = None) -> None:
-        self.request_id = request_id
+        self.key = key
+        self.request_id = key[1]
         self.envelopes = [envelope]
         self.reply = reply
         self.publish = publish  # the event to announce once it is durable
@@ -111,13 +127,13 @@ class StoreServer:
         self.ready = True  # False while memory is rebuilt after a failed write
         self._ctx = context or zmq.Context.instance()
         self._router: zmq.Socket | None = None
-        self._pub: zmq.Socket | None = None
+        self.events = EventHub(config.bus.events, self._ctx, service=SERVICE)
         self._bound: list[str] = []
         self._pending = Batch()
         self._writing = False
         self._idle = asyncio.Event()
-        self._waiting: dict[int, Waiting] = {}
-        self._recent: OrderedDict[int, bytes] = OrderedDict()
+        self._waiting: dict[Key, Waiting] = {}
+        self._recent: OrderedDict[Key, bytes] = OrderedDict()
         self._db_thread: DatabaseThread | None = None  # started by serve()
         self._stopped: asyncio.Future[None] | None = None
         self._content_pool = ThreadPoolExecutor(CONTENT_WORKERS, thread_name_prefix="store-content")
@@ -126,30 +142,15 @@ class StoreServer:
         self._batch_sizes: Counter[str] = Counter()
         self._last_commit_ms = 0.0
         self._max_commit_ms = 0.0
-        self._subscriptions: Counter[bytes] = Counter()
 
     # -- lifecycle ----------------------------------------------------------------
 
     def bind(self) -> None:
-        router = self._ctx.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.SNDHWM, 100_000)
-        router.setsockopt(zmq.RCVHWM, 100_000)
+        router = request_socket(self._ctx, hwm=100_000)
         self._router = router
         bind(router, self.config.bus.endpoint, SERVICE)
         self._bound.append(self.config.bus.endpoint)
-        # An XPUB tells who subscribes to what (every subscription, and an
-        # unsubscription when a subscriber goes away), so an event nobody
-        # watches is never even encoded: at thousands of leases a second,
-        # with no `events --follow` running, that is all of them.
-        pub = self._ctx.socket(zmq.XPUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.setsockopt(zmq.SNDHWM, 100_000)
-        pub.setsockopt(zmq.XPUB_VERBOSER, 1)
-        self._pub = pub
-        # The ROUTER bound above proves no other store runs here, so a file
-        # at the events endpoint is stale (a PUB cannot answer a probe).
-        bind(pub, self.config.bus.events, SERVICE, answers_health=False)
+        self.events.bind()
         self._bound.append(self.config.bus.events)
 
     def close(self) -> None:
@@ -157,15 +158,15 @@ class StoreServer:
         if self._db_thread is not None:
             self._db_thread.close()
             self._db_thread = None
-        for sock in (self._router, self._pub):
-            if sock is not None:
-                sock.close(linger=0)
+        self.events.close()
+        if self._router is not None:
+            self._router.close(linger=0)
         for endpoint in self._bound:  # only ours: never another store's socket file
             path = ipc_path(endpoint)
             if path is not None:
                 path.unlink(missing_ok=True)
         self._bound.clear()
-        self._router = self._pub = None
+        self._router = None
 
     async def serve(self) -> None:
         """Answer requests until cancelled; then finish the batch being written.
@@ -183,40 +184,14 @@ class StoreServer:
         self.db.start_checkpoints()
         self._stopped = loop.create_future()
         loop.add_reader(fd, self._drain)
-        assert self._pub is not None
-        pub_fd = int(self._pub.get(zmq.FD))
-        loop.add_reader(pub_fd, self._read_subscriptions)
+        events_fd = self.events.start(loop)
         try:
             self._drain()  # frames that arrived before the reader was added
-            self._read_subscriptions()
             await self._stopped  # until cancelled, or a bug in a callback
         finally:
             loop.remove_reader(fd)
-            loop.remove_reader(pub_fd)
+            loop.remove_reader(events_fd)
             await self._finish_writes()
-
-    def _read_subscriptions(self) -> None:
-        """Keep count of the topics (MAC prefixes) event subscribers asked for."""
-        pub = self._pub
-        if pub is None:
-            return
-        while int(_get(pub, _EVENTS)) & _POLLIN:
-            frame = _recv(pub, _NOBLOCK)
-            if not frame:
-                continue
-            topic = bytes(frame[1:])
-            if frame[0] == 1:
-                self._subscriptions[topic] += 1
-            elif frame[0] == 0 and self._subscriptions[topic] > 0:
-                self._subscriptions[topic] -= 1
-                if not self._subscriptions[topic]:
-                    del self._subscriptions[topic]
-
-    def _watched(self, mac: str) -> bool:
-        if not self._subscriptions:
-            return False
-        key = mac.encode()
-        return any(key.startswith(topic) for topic in self._subscriptions)
 
     def _drain(self) -> None:
         """Handle every frame waiting, then start a commit if one is due.
@@ -261,14 +236,14 @@ class StoreServer:
                 self._send(answer)
             return
         request = incoming.request
-        rid = request.request_id
         if request.expects_reply:
-            body = self._recent.get(rid)
+            key = request_key(incoming)
+            body = self._recent.get(key)
             if body is not None:
                 self.stats["retries_answered"] += 1
                 self._send(incoming.envelope + [body])
                 return
-            waiting = self._waiting.get(rid)
+            waiting = self._waiting.get(key)
             if waiting is not None:
                 self.stats["retries_joined"] += 1
                 waiting.envelopes.append(incoming.envelope)
@@ -288,17 +263,17 @@ class StoreServer:
 
     def _apply(self, incoming: Incoming, result: Result) -> None:
         request = incoming.request
-        rid = request.request_id
         if result.background:
             self._pending.add(result.background)
         if result.read is not None:  # answered after the writes before it
-            waiting = Waiting(rid, incoming.envelope, None)
-            self._waiting[rid] = waiting
+            waiting = Waiting(request_key(incoming), incoming.envelope, None)
+            self._waiting[waiting.key] = waiting
             self._pending.add_read(result.read, waiting)
             return
         if result.writes and request.expects_reply:  # answered once durable
-            waiting = Waiting(rid, incoming.envelope, result.reply, result.publish)
-            self._waiting[rid] = waiting
+            waiting = Waiting(request_key(incoming), incoming.envelope, result.reply,
+                              result.publish)
+            self._waiting[waiting.key] = waiting
             self._pending.add(result.writes, waiting)
             return
         if result.writes:
@@ -325,25 +300,15 @@ class StoreServer:
             self.stats["replies_dropped"] += 1
 
     def _publish(self, event: Any) -> None:
-        pub = self._pub
-        assert pub is not None
-        if not self._watched(event.mac):
-            self.stats["events_unwatched"] += 1
-            return
-        topic, body = publish_frames(event)
-        try:
-            _send(pub, topic, _MORE)
-            _send(pub, body, _NOBLOCK)
-        except zmq.Again:  # PUB drops for slow subscribers instead
-            self.stats["events_unpublished"] += 1
+        self.events.publish(event)
 
     def _answer(self, waiting: Waiting, reply: Reply, remember: bool) -> None:
         body = pack(reply, waiting.request_id)
         for envelope in waiting.envelopes:
             self._send(envelope + [body])
-        self._waiting.pop(waiting.request_id, None)
+        self._waiting.pop(waiting.key, None)
         if remember:
-            self._recent[waiting.request_id] = body
+            self._recent[waiting.key] = body
             if len(self._recent) > RECENT_REPLIES:
                 self._recent.popitem(last=False)
 
@@ -521,7 +486,7 @@ class StoreServer:
         details["commit.max_batch"] = self._batch_sizes["max"]
         details["commit.last_ms"] = round(self._last_commit_ms, 3)
         details["commit.max_ms"] = round(self._max_commit_ms, 3)
-        details["events.subscriptions"] = sum(self._subscriptions.values())
+        details.update(self.events.details())
         details["commit.pending"] = len(self._pending.changes)
         for key in ("requests", "malformed", "dropped_frames", "retries_answered",
                     "retries_joined", "batches_failed", "rebuilds", "replies_dropped",

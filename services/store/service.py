@@ -129,7 +129,7 @@ class StoreService:
     def offer(self, req: LeaseOffer, now: float) -> Result:
         client = Client(_mac(req.mac), req.client_id)
         lease = self.book.offer(req.subnet, client, req.requested_ip, req.hostname, now)
-        result = Result(reply=self._grant(lease.ip, "offered", lease.lease_time,
+        result = Result(reply=self._grant(client.mac, lease.ip, "offered", lease.lease_time,
                                            now + self.book.offer_hold,
                                            self.machines.get(client.mac)))
         if req.report:  # an offer is not durable: its event needs no waiting either
@@ -141,7 +141,8 @@ class StoreService:
         client = Client(_mac(req.mac), req.client_id)
         lease, writes = self.book.commit(req.subnet, req.ip, req.mode, client, req.hostname, now)
         machine, machine_write = self._seen(lease, now)
-        reply = self._grant(lease.ip, "bound", lease.lease_time, lease.expires, machine)
+        reply = self._grant(client.mac, lease.ip, "bound", lease.lease_time, lease.expires,
+                            machine)
         result = Result(reply=reply, writes=[*writes, machine_write])
         if req.report:
             event = self._dhcp_event(DHCP_ACK, client.mac, lease.ip, now, req.detail)
@@ -150,11 +151,11 @@ class StoreService:
         return result
 
     @staticmethod
-    def _grant(ip: str, state: str, lease_time: int, expires: float,
+    def _grant(mac: str, ip: str, state: str, lease_time: int, expires: float,
                machine: Machine | None) -> LeaseGrant:
         return LeaseGrant(ip=ip, state=state, lease_time=lease_time,  # type: ignore[arg-type]
                           expires=expires, name=machine.name if machine else None,
-                          os=machine.os if machine else None)
+                          os=machine.os if machine else None, mac=mac)
 
     def _seen(self, lease: Lease, now: float) -> tuple[Machine, Write]:
         number = lease.address - self.book.pools[lease.subnet].base

@@ -215,4 +215,4 @@ def _with(lease: LeaseRecord, **changes: Any) -> LeaseRecord:
 def _grant(lease: LeaseRecord, machine: MachineRecord) -> LeaseGrant:
     """What the real store answers LeaseOffer and LeaseCommit with."""
     return LeaseGrant(ip=lease.ip, state=lease.state, lease_time=lease.lease_time,
-                      expires=lease.expires, name=machine.name, os=machine.os)
+                      expires=lease.expires, name=machine.name, os=machine.os, mac=lease.mac)

@@ -77,11 +77,14 @@ def test_everything_survives_a_restart(store_factory: Any) -> None:
     assert isinstance(renewed, LeaseGrant) and renewed.state == "bound"
 
 
-def _raw_request(endpoint: str, payload: bytes, timeout: float = 10.0) -> bytes:
-    """One request on a fresh DEALER socket (a client that reset its socket)."""
+def _raw_request(endpoint: str, payload: bytes, timeout: float = 10.0,
+                 identity: bytes = b"\x01client-a") -> bytes:
+    """One request on a fresh DEALER socket: a client that reset its socket
+    (same identity), or another client (another identity)."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, identity)
     try:
         sock.connect(endpoint)
         sock.send_multipart([b"", payload])
@@ -115,6 +118,37 @@ def test_a_retried_request_is_answered_once(store_factory: Any) -> None:
     assert isinstance(now, MachineReply) and now.machine.name == "second-name"
     health = store.call(Health())
     assert isinstance(health, HealthReply) and health.details["retries_answered"] >= 2
+
+
+def test_another_peer_with_the_same_request_id_gets_its_own_reply(store_factory: Any) -> None:
+    """A request id means something only with its peer: peer B sending peer A's
+    id is a new request of B's, never a way to read A's answer."""
+    store: StoreLab = store_factory()
+    endpoint = store.config.bus.endpoint
+    mac_a, mac_b = new_mac(), new_mac()
+    assert isinstance(store.call(MachineSet(mac=mac_a, name="alpha", os="debian")), MachineReply)
+    assert isinstance(store.call(MachineSet(mac=mac_b, name="bravo")), MachineReply)
+    rid = (secrets.randbits(31) << 32) + 11
+    a = unpack(_raw_request(endpoint, pack(MachineGet(mac=mac_a), rid), identity=b"\x01peer-a"))
+    assert isinstance(a, MachineReply) and a.machine.name == "alpha"
+    # Same id from another peer, for the same machine and for another one.
+    b_same = unpack(_raw_request(endpoint, pack(MachineGet(mac=mac_a), rid),
+                                 identity=b"\x01peer-b"))
+    b_other = unpack(_raw_request(endpoint, pack(MachineGet(mac=mac_b), rid),
+                                  identity=b"\x01peer-c"))
+    assert isinstance(b_other, MachineReply) and b_other.machine.name == "bravo"
+    assert isinstance(b_same, MachineReply) and b_same.machine.name == "alpha"
+    # A write answered to A is not replayed to B: B's change is its own.
+    set_rid = rid + 1
+    first = unpack(_raw_request(endpoint, pack(MachineSet(mac=mac_a, name="alpha-2"), set_rid),
+                                identity=b"\x01peer-a"))
+    assert isinstance(first, MachineReply) and first.machine.name == "alpha-2"
+    forged = unpack(_raw_request(endpoint, pack(MachineSet(mac=mac_b, name="bravo-2"), set_rid),
+                                 identity=b"\x01peer-b"))
+    assert isinstance(forged, MachineReply) and forged.machine.mac == mac_b
+    assert forged.machine.name == "bravo-2"
+    health = store.call(Health())
+    assert isinstance(health, HealthReply) and health.details["retries_answered"] == 0
 
 
 def test_concurrent_commits_share_transactions(store_factory: Any) -> None:
