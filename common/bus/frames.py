@@ -36,16 +36,17 @@ class Limits:
     map: int  # pairs of one map
 
 
-# What a server (the store, a control socket) accepts from any peer. A frame
-# of a million one-byte empty arrays becomes a million Python lists (~60 MB),
-# so the frame bound is what bounds the memory one request can cost.
-REQUEST_LIMITS = Limits(frame=1 << 20, string=64 << 10, binary=4 << 10, array=1 << 16,
-                        map=1 << 10)
+# What a server (the store, a control socket) accepts from any peer. Each
+# byte of a frame can be an object (an empty array is one byte and a 64-byte
+# Python list), so the frame bound is what bounds the memory one request can
+# cost: 256 KiB frames, at most ~16 MB while one is decoded.
+REQUEST_LIMITS = Limits(frame=256 << 10, string=64 << 10, binary=4 << 10, array=4096,
+                        map=1024)
 # What a client accepts from the store it asked.
 REPLY_LIMITS = Limits(frame=64 << 20, string=1 << 20, binary=4 << 20, array=1 << 20,
                       map=1 << 16)
 # What the event socket accepts from a subscriber (subscriptions only).
-SUBSCRIBER_LIMITS = Limits(frame=4 << 10, string=256, binary=64, array=64, map=16)
+SUBSCRIBER_LIMITS = Limits(frame=4 << 10, string=256, binary=64, array=256, map=16)
 
 MAX_FRAME = REPLY_LIMITS.frame
 

@@ -91,14 +91,26 @@ def _parse_go_time(text: str) -> float | None:
     return when.timestamp()
 
 
+IMPORT_CHUNK = 500  # entries per LeaseImport message (~75 KB)
+
+
 def cmd_leases(args: argparse.Namespace) -> int:
     if args.action == "import":
         entries = parse_legacy_leases(args.file)
+        totals = ImportReply()
         with _client(args) as bus:
-            reply = bus.call(LeaseImport(entries=tuple(entries)), deadline=60)
-        assert isinstance(reply, ImportReply)
-        print(f"imported from {args.file}: {reply.leases} leases, {reply.machines} machines, "
-              f"{reply.reserved} reserved addresses, {reply.skipped} skipped")
+            # In chunks: a request frame is bounded (bus.frames.REQUEST_LIMITS),
+            # and an import is idempotent, so a chunk that fails can be sent again.
+            for start in range(0, len(entries), IMPORT_CHUNK):
+                chunk = tuple(entries[start:start + IMPORT_CHUNK])
+                reply = bus.call(LeaseImport(entries=chunk), deadline=60)
+                assert isinstance(reply, ImportReply)
+                totals = ImportReply(leases=totals.leases + reply.leases,
+                                     machines=totals.machines + reply.machines,
+                                     reserved=totals.reserved + reply.reserved,
+                                     skipped=totals.skipped + reply.skipped)
+        print(f"imported from {args.file}: {totals.leases} leases, {totals.machines} machines, "
+              f"{totals.reserved} reserved addresses, {totals.skipped} skipped")
         return 0
     with _client(args) as bus:
         reply = bus.call(LeaseList(state=args.state))
