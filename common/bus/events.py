@@ -31,9 +31,10 @@ HTTP_SCRIPT = "http.script"
 HTTP_IMAGE = "http.image"
 HTTP_TEMPLATE = "http.template"
 MACHINE_CHANGED = "machine.changed"
+POOL_PRESSURE = "pool.pressure"  # a pool ran out, or unbound offers hit their cap
 
 STAGES = (DHCP_OFFER, DHCP_ACK, DHCP_NAK, DHCP_RELEASE, DHCP_DECLINE, TFTP_SENT,
-          TFTP_FAILED, HTTP_SCRIPT, HTTP_IMAGE, HTTP_TEMPLATE, MACHINE_CHANGED)
+          TFTP_FAILED, HTTP_SCRIPT, HTTP_IMAGE, HTTP_TEMPLATE, MACHINE_CHANGED, POOL_PRESSURE)
 
 
 def boot_event(service: str, stage: str, mac: str, ip: str | None = None,

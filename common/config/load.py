@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 
 from .. import netif
 from ..errors import ConfigError, ConfigErrors
+from ..names import MACHINE_NAME
 from .model import (BusConfig, Config, DhcpConfig, HttpConfig, IpfsConfig, MenuConfig,
                     ReservationConfig, StoreConfig, SubnetConfig, TftpConfig)
 
@@ -254,6 +255,23 @@ def p_name(v: Any) -> str:
     return text
 
 
+def p_machine_name(v: Any) -> str:
+    """A machine's name: one DNS label (the host name it is given)."""
+    text = p_str(v)
+    if not MACHINE_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not a machine name (one DNS label: letters, digits, "
+                         "hyphens, at most 63)")
+    return text
+
+
+def p_fraction(lo: float, hi: float) -> Callable[[Any], float]:
+    def parse(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise ValueError(f"expected a number from {lo:g} to {hi:g}, got {v!r}")
+        return float(v)
+    return parse
+
+
 def p_os_name(v: Any) -> str:
     text = p_str(v)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text):
@@ -458,7 +476,7 @@ def _dhcp(t: Table, address: IPv4Address, network: IPv4Network, gateway: IPv4Add
     for res in t.tables("reservation"):
         mac = res.get("mac", p_mac)
         addr = res.get("address", p_ip)
-        name = res.get("name", p_name, None)
+        name = res.get("name", p_machine_name, None)
         os_name = res.get("os", p_os_name, None)
         res.finish()
         if mac is None or addr is None:
@@ -473,6 +491,7 @@ def _dhcp(t: Table, address: IPv4Address, network: IPv4Network, gateway: IPv4Add
         subnets=tuple(subnets), reservations=tuple(reservations), lease_time=lease_time,
         offer_hold=int(t.get("offer_hold", p_seconds(1, 3600), 30)),
         decline_quarantine=int(t.get("decline_quarantine", p_seconds(0, 7 * 86400), 3600)),
+        offer_share=t.get("offer_share", p_fraction(0.05, 1.0), 0.5),
         proxy=t.get("proxy", p_bool, False),
         rogue_guard=t.get("rogue_guard", p_bool, True),
         rogue_listen=t.get("rogue_listen", p_seconds(0, 60), ROGUE_LISTEN),
@@ -484,6 +503,12 @@ def _dhcp(t: Table, address: IPv4Address, network: IPv4Network, gateway: IPv4Add
 
 
 def _tftp(t: Table) -> TftpConfig:
+    def memory_max(v: Any) -> int:
+        size = p_size(v)
+        if size < 1 << 20:  # 0 would not mean "no bound" here, unlike store.cache_max
+            raise ValueError(f"{size} bytes is too small; at least \"1M\"")
+        return size
+
     cfg = TftpConfig(
         port=t.get("port", p_port, 69),
         single_port=t.get("single_port", p_bool, False),
@@ -492,6 +517,7 @@ def _tftp(t: Table) -> TftpConfig:
         timeout=t.get("timeout", p_seconds(0.1, 255), 1.0),
         retries=t.get("retries", p_int_between(1, 100), 6),
         memory_cache=t.get("memory_cache", p_int_between(0, 1 << 34), 16 << 20),
+        memory_max=t.get("memory_max", memory_max, 256 << 20),
     )
     t.finish()
     return cfg
@@ -509,6 +535,9 @@ def _http(t: Table, address: IPv4Address) -> HttpConfig:
         workers=t.get("workers", p_int_between(1, 256), max(2, os.cpu_count() or 2)),
         threads=t.get("threads", p_int_between(1, 256), 4),
         public_url=public_url,
+        header_timeout=t.get("header_timeout", p_seconds(1, 600), 10.0),
+        body_timeout=t.get("body_timeout", p_seconds(1, 3600), 30.0),
+        per_client=t.get("per_client", p_int_between(1, 100_000), 64),
     )
     t.finish()
     return cfg
@@ -585,10 +614,13 @@ def _all_keys() -> set[str]:
     return {
         "interface", "address", "network", "gateway", "dns", "domain", "data", "runtime_dir",
         "log_level", "dhcp.range", "dhcp.lease_time", "dhcp.offer_hold",
-        "dhcp.decline_quarantine", "dhcp.proxy", "dhcp.rogue_guard", "dhcp.rogue_listen",
+        "dhcp.decline_quarantine", "dhcp.offer_share", "dhcp.proxy", "dhcp.rogue_guard",
+        "dhcp.rogue_listen",
         "dhcp.port", "dhcp.client_port", "tftp.port", "tftp.single_port", "tftp.max_sessions",
-        "tftp.per_client", "tftp.timeout", "tftp.retries", "tftp.memory_cache", "http.port",
-        "http.bind", "http.workers", "http.threads", "http.public_url", "menu.default",
+        "tftp.per_client", "tftp.timeout", "tftp.retries", "tftp.memory_cache", "tftp.memory_max",
+        "http.port",
+        "http.bind", "http.workers", "http.threads", "http.public_url", "http.header_timeout",
+        "http.body_timeout", "http.per_client", "menu.default",
         "menu.timeout", "ipfs.enabled", "ipfs.api", "ipfs.timeout", "store.database",
         "store.cache", "store.cache_max", "bus.endpoint", "bus.events", "bus.deadline",
     }

@@ -48,6 +48,7 @@ class DhcpConfig:
     lease_time: int
     offer_hold: int
     decline_quarantine: int
+    offer_share: float  # of a pool's addresses that unbound offers may hold at once
     proxy: bool
     rogue_guard: bool
     rogue_listen: float
@@ -68,6 +69,7 @@ class TftpConfig:
     timeout: float
     retries: int
     memory_cache: int  # files up to this many bytes are kept in memory
+    memory_max: int = 256 << 20  # bytes of file content in memory: memory_cache + netascii copies
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,9 @@ class HttpConfig:
     workers: int
     threads: int
     public_url: str  # what boot scripts point at, e.g. http://192.0.2.1
+    header_timeout: float = 10.0  # seconds to send a whole request head
+    body_timeout: float = 30.0    # seconds a served client may send or take nothing
+    per_client: int = 64          # open connections per client address, per worker process
 
 
 @dataclass(frozen=True, slots=True)

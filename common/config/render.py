@@ -66,6 +66,7 @@ def render(config: Config, *, annotate: bool = True) -> str:
         ("lease_time", dh.lease_time),
         ("offer_hold", dh.offer_hold),
         ("decline_quarantine", dh.decline_quarantine),
+        ("offer_share", dh.offer_share),
         ("proxy", dh.proxy),
         ("rogue_guard", dh.rogue_guard),
         ("rogue_listen", dh.rogue_listen),
@@ -88,13 +89,14 @@ def render(config: Config, *, annotate: bool = True) -> str:
     out += ["", "[tftp]"] + _lines([
         ("port", t.port), ("single_port", t.single_port), ("max_sessions", t.max_sessions),
         ("per_client", t.per_client), ("timeout", t.timeout), ("retries", t.retries),
-        ("memory_cache", t.memory_cache),
+        ("memory_cache", t.memory_cache), ("memory_max", t.memory_max),
     ], "tftp.", d)
 
     h = config.http
     out += ["", "[http]"] + _lines([
         ("port", h.port), ("bind", h.bind), ("workers", h.workers), ("threads", h.threads),
-        ("public_url", h.public_url),
+        ("public_url", h.public_url), ("header_timeout", h.header_timeout),
+        ("body_timeout", h.body_timeout), ("per_client", h.per_client),
     ], "http.", d)
 
     m = config.menu

@@ -40,6 +40,8 @@ from .constants import (
     OPT_VENDOR_CLASS,
     ZERO_IP,
 )
+from astralboot.common.names import clean_hostname
+
 from .options import Options, u16, user_classes
 from .packet import Packet, parse
 from .reader import MalformedPacket
@@ -128,10 +130,11 @@ _CLASSES: dict[int, type[ClientMessage]] = {
 
 
 def _hostname(value: bytes | None) -> str | None:
+    """Option 12 as a safe host name: any bytes in, letters, digits, dots and
+    hyphens out, at most 253 (the store's column is 255)."""
     if value is None:
         return None
-    text = value.rstrip(b"\0").decode("utf-8", "replace")
-    return text or None
+    return clean_hostname(value[:1024].rstrip(b"\0").decode("ascii", "replace"))
 
 
 def from_packet(packet: Packet) -> ClientMessage:

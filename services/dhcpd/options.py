@@ -23,6 +23,7 @@ from .constants import (
     OPT_PARAMETER_LIST,
     OPT_REBINDING_TIME,
     OPT_RENEWAL_TIME,
+    OPT_RELAY_AGENT,
     OPT_REQUESTED_IP,
     OPT_SERVER_ID,
     OPT_SUBNET_MASK,
@@ -47,6 +48,9 @@ LENGTHS: dict[int, tuple[int, int]] = {
     OPT_REBINDING_TIME: (4, 4),
     OPT_CLIENT_ID: (1, 254),
     OPT_CLIENT_ARCH: (2, 1 << 16),
+    # A relay writes one option 82 (RFC 3046: sub-options in at most 255
+    # bytes); anything longer cannot be echoed into a reply that fits.
+    OPT_RELAY_AGENT: (2, 255),
 }
 
 _U16 = struct.Struct("!H")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from astralboot.common.bus.schema import Reply
 from astralboot.common.bus.schema import Request as BusRequest
 from astralboot.common.config.model import Config
 from astralboot.common.errors import BusTimeout, ErrorCode
+from astralboot.common.logs import SenderLimit
 from astralboot.common.messages import (
     CommitMode,
     ErrorReply,
@@ -51,7 +53,7 @@ from .constants import (
 )
 from .events import ClientMessage, Decline, Discover, Inform, Release, Request
 from .options import tlv
-from .reply import Outgoing, destination, lease_times, write
+from .reply import Outgoing, ReplyTooLarge, destination, lease_times, write
 from .subnets import SubnetProfile, SubnetTable
 
 log = logging.getLogger(__name__)
@@ -101,8 +103,14 @@ def boot_fields(choice: BootChoice | None, server: str, tftp_server_tlv: bytes) 
 
 
 def relay_tail(msg: ClientMessage) -> tuple[bytes, ...]:
-    """Option 82 goes back to the relay unchanged (RFC 3046 2.2)."""
-    return (tlv(OPT_RELAY_AGENT, msg.relay_info),) if msg.relay_info is not None else ()
+    """Option 82 goes back to the relay unchanged (RFC 3046 2.2).
+
+    Only a relay adds it: one in a packet that came straight from a client
+    (giaddr 0) is the client's own invention and is never echoed.
+    """
+    if msg.relay_info is None or not msg.relayed:
+        return ()
+    return (tlv(OPT_RELAY_AGENT, msg.relay_info),)
 
 
 def request_state(msg: ClientMessage, arrival: Arrival) -> CommitMode | None:
@@ -141,8 +149,10 @@ class DhcpPolicy:
     """The authoritative server: addresses from the store, boot files from the chain."""
 
     def __init__(self, *, config: Config, store: Store, boot: BootChain, report: Report,
-                 stats: Counter[str]) -> None:
+                 stats: Counter[str], clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.clock = clock
+        self.warnings = SenderLimit()  # lines a client can cause: one a minute per MAC
         self.boot = boot
         self.report = report  # for a NAK; lease requests carry their own event
         self.stats = stats
@@ -162,12 +172,21 @@ class DhcpPolicy:
     async def handle(self, msg: ClientMessage, arrival: Arrival = BROADCAST) -> Outgoing | None:
         try:
             return await self._handlers[type(msg)](msg, arrival)  # type: ignore[arg-type]
+        except ReplyTooLarge as exc:
+            self.stats["reply_too_large"] += 1
+            self._warn(msg.mac, "%s from %s (xid %08x): no reply fits: %s", msg.name, msg.mac,
+                       msg.xid, exc)
+            return None
         except BusTimeout as exc:
             # The client retransmits; by then the store may be back.
             self.stats["store_timeouts"] += 1
-            log.warning("%s from %s (xid %08x): store did not answer: %s",
-                        msg.name, msg.mac, msg.xid, exc)
+            self._warn("store", "%s from %s (xid %08x): store did not answer: %s",
+                       msg.name, msg.mac, msg.xid, exc)
             return None
+
+    def _warn(self, sender: str, msg: str, *args: object, level: int = logging.WARNING) -> None:
+        if not self.warnings.log(log, level, sender, self.clock(), msg, *args):
+            self.stats["log_held_back"] += 1
 
     # -- helpers -------------------------------------------------------------
 
@@ -178,8 +197,8 @@ class DhcpPolicy:
     def _store_error(self, msg: ClientMessage, reply: Reply) -> None:
         code = reply.code if isinstance(reply, ErrorReply) else type(reply).__name__
         self.stats[f"store.{code}"] += 1
-        log.warning("%s from %s (xid %08x): store answered %s: %s", msg.name, msg.mac,
-                    msg.xid, code, getattr(reply, "detail", ""))
+        self._warn(msg.mac, "%s from %s (xid %08x): store answered %s: %s", msg.name, msg.mac,
+                   msg.xid, code, getattr(reply, "detail", ""))
 
     def _subnet(self, msg: ClientMessage) -> SubnetProfile | None:
         subnet = self.subnets.for_message(msg.giaddr)
@@ -252,7 +271,7 @@ class DhcpPolicy:
         if not isinstance(reply, LeaseGrant):
             if isinstance(reply, ErrorReply) and reply.code == ErrorCode.POOL_EXHAUSTED.value:
                 self.stats["pool_exhausted"] += 1
-                log.warning("no free address in %s for %s", subnet.name, msg.mac)
+                self._warn(subnet.name, "no free address in %s for %s", subnet.name, msg.mac)
             else:
                 self._store_error(msg, reply)
             return None
@@ -311,11 +330,17 @@ class DhcpPolicy:
         reply = await self.store.request(LeaseDecline(mac=msg.mac, ip=msg.requested_ip,
                                                       client_id=msg.client_id, report=True))
         if isinstance(reply, ErrorReply):
+            if reply.code in (ErrorCode.CONFLICT.value, ErrorCode.NOT_FOUND.value):
+                # Not this client's address to decline (RFC 2131 4.3.3).
+                self.stats["declines_refused"] += 1
+                self._warn(msg.mac, "DECLINE of %s from %s refused: %s", msg.requested_ip,
+                           msg.mac, reply.detail, level=logging.INFO)
+                return
             self._store_error(msg, reply)
             return
         self.stats["declines"] += 1
-        log.warning("%s declined %s (address in use on the network?)", msg.mac,
-                    msg.requested_ip)
+        self._warn(msg.mac, "%s declined %s (address in use on the network?)", msg.mac,
+                   msg.requested_ip)
 
     async def _release(self, msg: ClientMessage, arrival: Arrival) -> None:
         if msg.server_id is not None and msg.server_id != self.server_ip:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections import Counter
 
 from astralboot.common.bus import events as stages
 from astralboot.common.config.model import Config
 from astralboot.common.errors import BusTimeout, ErrorCode
+from astralboot.common.logs import SenderLimit
 from astralboot.common.messages import (
     ErrorReply,
     MachineGet,
@@ -42,7 +44,7 @@ from .constants import (
 from .events import ClientMessage, Discover, Request
 from .options import tlv
 from .policy import BROADCAST, Arrival, Report, Store, boot_fields, relay_tail
-from .reply import Destination, Outgoing, destination, write
+from .reply import Destination, Outgoing, ReplyTooLarge, destination, write
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class ProxyPolicy:
         self.tftp_server = tlv(OPT_TFTP_SERVER, self.server_ip.encode())
         self.server_port = config.dhcp.port
         self.client_port = config.dhcp.client_port
+        self.warnings = SenderLimit()
 
     async def handle(self, msg: ClientMessage, arrival: Arrival = BROADCAST) -> Outgoing | None:
         try:
@@ -74,10 +77,16 @@ class ProxyPolicy:
                 return await self._answer(msg, DHCPOFFER, arrival)
             elif isinstance(msg, Request) and msg.server_id == self.server_ip:
                 return await self._answer(msg, DHCPACK, arrival)
+        except ReplyTooLarge as exc:
+            self.stats["reply_too_large"] += 1
+            self.warnings.log(log, logging.WARNING, msg.mac, time.monotonic(),
+                              "%s from %s: no reply fits: %s", msg.name, msg.mac, exc)
+            return None
         except BusTimeout as exc:
             self.stats["store_timeouts"] += 1
-            log.warning("%s from %s (xid %08x): store did not answer: %s",
-                        msg.name, msg.mac, msg.xid, exc)
+            self.warnings.log(log, logging.WARNING, "store", time.monotonic(),
+                              "%s from %s (xid %08x): store did not answer: %s",
+                              msg.name, msg.mac, msg.xid, exc)
             return None
         self._ignore("not_for_proxy", msg)
         return None
@@ -92,7 +101,8 @@ class ProxyPolicy:
             return reply.machine
         if not (isinstance(reply, ErrorReply) and reply.code == ErrorCode.NOT_FOUND.value):
             self.stats["store.errors"] += 1
-            log.warning("machine %s: store answered %s", msg.mac, reply)
+            self.warnings.log(log, logging.WARNING, msg.mac, time.monotonic(),
+                              "machine %s: store answered %s", msg.mac, reply)
         return None
 
     async def _answer(self, msg: ClientMessage, message_type: int,

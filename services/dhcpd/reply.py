@@ -52,6 +52,14 @@ DEFAULT_PARAMETERS = bytes((OPT_SUBNET_MASK, OPT_ROUTER, OPT_DNS, OPT_HOST_NAME,
 
 MESSAGE_TYPE_TLV = {t: tlv(OPT_MESSAGE_TYPE, bytes((t,))) for t in range(1, 9)}
 
+# Asked-for options that go last when a reply must shrink: without them a
+# client has no network (mask, router) or nothing to boot (server, file).
+KEEP_LONGEST = frozenset((OPT_SUBNET_MASK, OPT_ROUTER, OPT_TFTP_SERVER, OPT_BOOTFILE))
+
+
+class ReplyTooLarge(ValueError):
+    """The options a reply cannot go without do not fit the client's maximum size."""
+
 
 @dataclass(frozen=True, slots=True)
 class Destination:
@@ -127,8 +135,17 @@ def write(msg: ClientMessage, message_type: int, options: Mapping[int, bytes], *
             chosen.append(value)
     tail_bytes = b"".join(tail)
     room = msg.max_size - len(header) - len(fixed) - len(tail_bytes) - 1
-    body = b"".join(chosen)
-    while len(body) > room and chosen:
-        chosen.pop()
-        body = b"".join(chosen)
-    return finish(b"".join((header, fixed, body, tail_bytes, bytes((OPT_END,)))))
+    if room < 0:
+        raise ReplyTooLarge(f"{-room} bytes over the client's {msg.max_size}-byte maximum "
+                            "before any optional option")
+    size = sum(len(v) for v in chosen)
+    # Over the client's maximum (option 57, or 576 without it): drop what it
+    # asked for last, keeping what it cannot do without for as long as possible.
+    for keep in (False, True):
+        for i in range(len(chosen) - 1, -1, -1):
+            if size <= room:
+                break
+            if keep or chosen[i][0] not in KEEP_LONGEST:
+                size -= len(chosen[i])
+                del chosen[i]
+    return finish(b"".join((header, fixed, *chosen, tail_bytes, bytes((OPT_END,)))))

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import sqlalchemy as sa
 from sqlalchemy import bindparam, delete, event, insert, select, update
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.expression import UpdateBase
 
 from astralboot.common.config import SubnetConfig
@@ -37,6 +37,9 @@ SCHEMA_HEAD = "0002"  # the newest revision in migrations/versions (a test check
 BUSY_TIMEOUT_MS = 30_000
 WAL_SIZE_LIMIT = 64 << 20  # bytes a checkpointed SQLite WAL file is cut back to
 CHECKPOINT_INTERVAL = 1.0  # seconds between SQLite WAL checkpoints
+
+
+ROW_ERRORS = (IntegrityError, DataError)  # what one bad row causes, not a broken database
 
 
 class DatabaseUnavailable(AstralBootError):
@@ -73,7 +76,11 @@ def create_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN")
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    # An ACK must mean the lease is on disk: whatever the server's or the
+    # database's default, the store's sessions commit synchronously.
+    return sa.create_engine(url, pool_pre_ping=True,
+                            connect_args={"connect_timeout": 5,
+                                          "options": "-c synchronous_commit=on"})
 
 
 def describe(url: str) -> str:
@@ -369,9 +376,10 @@ class Database:
     def apply(self, batch: Batch) -> BatchOutcome:
         """Write every change of ``batch`` in one transaction, then run its reads.
 
-        A constraint violation (the unique address is the final guard against
-        handing one address to two clients) makes the batch go again row by
-        row, so only the offending changes fail. Anything else raises
+        A row the database refuses (a constraint: the unique address is the
+        final guard against handing one address to two clients; or a value it
+        will not store, which the store's edge checks should have caught) makes
+        the batch go again row by row, so only the offending changes fail. Anything else raises
         :class:`DatabaseUnavailable` and nothing of the batch is kept.
         """
         started = time.perf_counter()
@@ -382,8 +390,8 @@ class Database:
                 try:
                     with conn.begin():
                         self._write(conn, batch.changes)
-                except IntegrityError as exc:
-                    log.warning("batch of %d hit a constraint (%s); retrying one by one",
+                except ROW_ERRORS as exc:
+                    log.warning("batch of %d refused (%s); retrying one by one",
                                 len(batch.changes), exc.orig)
                     failed = self._write_one_by_one(conn, batch.changes)
         except SQLAlchemyError as exc:
@@ -408,7 +416,7 @@ class Database:
                 try:
                     with conn.begin_nested():
                         self._write(conn, [change])
-                except IntegrityError as exc:
+                except ROW_ERRORS as exc:
                     log.warning("write refused by the database: %s", exc.orig)
                     failed.add(i)
         return frozenset(failed)

@@ -166,6 +166,11 @@ class Pool:
         self.by_mac: dict[str, Lease] = {}
         self.by_client_id: dict[bytes, Lease] = {}
         self._cursor = self.first  # every address below it has been considered
+        # Unbound offers, oldest first (offers share one hold time, so they
+        # also expire in this order); see LeaseBook.offer_cap.
+        self.offers: OrderedDict[int, None] = OrderedDict()
+        self.reclaimed = 0  # offers given up early because the cap was reached
+        self.pressure_events = 0  # reclaims and exhaustions (a metric)
         self._freed: OrderedDict[int, None] = OrderedDict()  # once leased, now free; oldest first
         self._timers: list[tuple[float, int]] = []  # (expires, address), stale entries allowed
         self.size = self.last - self.first + 1 - sum(1 for a in self.excluded if self.in_range(a))
@@ -196,6 +201,11 @@ class Pool:
         if lease.client_id is not None:
             self.by_client_id[lease.client_id] = lease
         self._freed.pop(lease.address, None)
+        if lease.state == "offered":
+            self.offers[lease.address] = None
+            self.offers.move_to_end(lease.address)
+        else:
+            self.offers.pop(lease.address, None)
         if lease.state in HELD:
             self.watch(lease)
 
@@ -214,6 +224,30 @@ class Pool:
     def mark_free(self, address: int) -> None:
         self._freed[address] = None
         self._freed.move_to_end(address)
+        self.offers.pop(address, None)
+
+    def outstanding_offers(self, now: float) -> int:
+        """Unbound offers still held (the stale ones at the front are dropped)."""
+        offers = self.offers
+        while offers:
+            address = next(iter(offers))
+            lease = self.leases.get(address)
+            if lease is not None and lease.state == "offered" and lease.expires > now:
+                break
+            del offers[address]
+        return len(offers)
+
+    def reclaim_oldest_offer(self, now: float) -> Lease | None:
+        """Give up the oldest unbound offer: its address may be offered again."""
+        if not self.outstanding_offers(now):
+            return None
+        address, _ = self.offers.popitem(last=False)
+        lease = self.leases[address]
+        lease.state = "expired"
+        lease.expires = now
+        self.mark_free(address)
+        self.reclaimed += 1
+        return lease
 
     def reap(self, now: float) -> None:
         """Move addresses whose offer, lease or quarantine ran out to the freed list."""
@@ -281,9 +315,10 @@ class LeaseBook:
 
     def __init__(self, subnets: Iterable[SubnetConfig], server: IPv4Address, *,
                  offer_hold: float, quarantine: float,
-                 reservations: Reservations | None = None) -> None:
+                 reservations: Reservations | None = None, offer_share: float = 1.0) -> None:
         self.pools: dict[str, Pool] = {s.name: Pool(s, server) for s in subnets}
         self.offer_hold = offer_hold
+        self.offer_share = offer_share
         self.quarantine = quarantine
         self.reservations = reservations or Reservations()
         self.orphans = 0  # rows of subnets no longer configured
@@ -354,6 +389,11 @@ class LeaseBook:
         """
         pool = self.pool(subnet)
         pool.reap(now)
+        if self.offer_share < 1.0 and pool.find(client) is None \
+                and pool.outstanding_offers(now) >= self.offer_cap(pool):
+            # A flood of DISCOVERs from made-up MACs: offers are not promises
+            # (RFC 2131 4.3.1), so the oldest one goes rather than the pool.
+            pool.reclaim_oldest_offer(now)
         usable = Usable(self, pool, client, now)
         address = self._choose(pool, client, requested, usable)
         current = pool.leases.get(address)
@@ -366,6 +406,10 @@ class LeaseBook:
                       stored=current.stored if current is not None else False)
         pool.put(lease)
         return lease
+
+    def offer_cap(self, pool: Pool) -> int:
+        """How many unbound offers a pool holds at once (``dhcp.offer_share``; 1: all)."""
+        return max(1, int(pool.size * self.offer_share))
 
     def _choose(self, pool: Pool, client: Client, requested: str | None, usable: Usable) -> int:
         reserved = self.reservations.address_of(client.mac)
@@ -453,14 +497,20 @@ class LeaseBook:
         return [LeaseWrite(lease.row(now), insert=not lease.stored)] if was_bound else []
 
     def decline(self, ip: str, client: Client, now: float) -> list[LeaseWrite]:
-        """Quarantine an address the client found in use (kept across restarts)."""
+        """Quarantine an address the client found in use (kept across restarts).
+
+        Only the client the address was offered or bound to may decline it
+        (RFC 2131 4.3.3); anyone else is refused, or a flood of DECLINEs from
+        made-up MACs would empty the pool for the whole quarantine.
+        """
         address = _address(ip, "ip")
         pool = self.pool_of(address)
         if pool is None or address in pool.excluded:
-            return []
+            raise Refusal(ErrorCode.NOT_FOUND, f"{ip} is not an address of any pool")
         current = pool.leases.get(address)
-        if current is not None and current.held(now) and not client.owns(current):
-            return []  # someone else's: a stray DECLINE must not evict them
+        if current is None or current.state not in ("offered", "bound") \
+                or not client.owns(current):
+            raise Refusal(ErrorCode.CONFLICT, f"{ip} was not offered or bound to {client}")
         lease = Lease(address=address, subnet=pool.name, mac=client.mac,
                       client_id=client.client_id, hostname=None, state="declined",
                       expires=now + self.quarantine, lease_time=pool.lease_time, stored=True)

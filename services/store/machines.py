@@ -14,12 +14,13 @@ from typing import Any, Iterable, Mapping
 
 from astralboot.common.errors import ErrorCode
 from astralboot.common.messages import MachineRecord, MachineSet
+from astralboot.common.names import MACHINE_NAME as _LABEL
+from astralboot.common.names import WORD as _WORD
+from astralboot.common.names import label_problem
 
 from .journal import MachineWrite
 from .leases import Refusal
 
-_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _NODE = re.compile(r"node(\d+)(?:-\d+)?")
 
 
@@ -97,6 +98,10 @@ class MachineBook:
         for what, value in (("os", req.os), ("machine_class", req.machine_class)):
             if value is not None and not _WORD.fullmatch(value):
                 raise Refusal(ErrorCode.BAD_REQUEST, f"{what}: {value!r} is not a valid name")
+        if req.labels is not None:
+            problem = label_problem(req.labels)
+            if problem is not None:
+                raise Refusal(ErrorCode.BAD_REQUEST, problem)
         if req.name is not None:
             other = self.by_name.get(req.name)
             if other is not None and other.mac != req.mac:
@@ -150,7 +155,9 @@ class MachineBook:
 
     def _create(self, mac: str, now: float, number: int | None, name: str | None,
                 os: str | None) -> Machine:
-        if name is None or name in self.by_name:
+        if os is not None and not _WORD.fullmatch(os):
+            os = None
+        if name is None or name in self.by_name or not _LABEL.fullmatch(name):
             name = self._free_name(number)
         m = Machine(mac=mac, name=name, os=os, first_seen=now, last_seen=now)
         self.by_mac[mac] = m

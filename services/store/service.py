@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from astralboot.common.bus.events import (DHCP_ACK, DHCP_DECLINE, DHCP_OFFER, DHCP_RELEASE,
-                                          MACHINE_CHANGED)
+                                          MACHINE_CHANGED, POOL_PRESSURE)
 from astralboot.common.bus.schema import Reply, Request
 from astralboot.common.config import Config, normalise_mac
 from astralboot.common.errors import ErrorCode
+from astralboot.common.names import (CLIENT_ID_MAX, MACHINE_NAME, WORD, clean_hostname,
+                                     clean_text, ipv4_text)
 from astralboot.common.messages import (BootEvent, Done, ErrorReply, EventList, EventListReply,
                                         EventReport, ImportReply, LeaseCommit, LeaseDecline,
                                         LeaseImport, LeaseList, LeaseListReply, LeaseLookup,
@@ -28,13 +30,14 @@ from astralboot.common.messages import (BootEvent, Done, ErrorReply, EventList, 
 
 from .database import Snapshot, query_events
 from .journal import EventPruning, EventWrite, ReservationDeletion, ReservationWrite, Write
-from .leases import Client, Lease, LeaseBook, Refusal, Reservations, ip_int, ip_str
+from .leases import Client, Lease, LeaseBook, Pool, Refusal, Reservations, ip_int, ip_str
 from .machines import Machine, MachineBook
 
 log = logging.getLogger(__name__)
 
 EVENTS_KEPT = 200_000  # the event log is pruned to about this many rows...
-EVENTS_PRUNE_STEP = 2_000  # ...a small step at a time, so no commit waits on a big delete
+EVENTS_PRUNE_STEP = 2_000
+PRESSURE_EVERY = 60.0  # seconds between two pool.pressure events of one pool  # ...a small step at a time, so no commit waits on a big delete
 _CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
@@ -53,6 +56,13 @@ class Result:
     background: list[Write] = field(default_factory=list)
     publish: BootEvent | None = None
     read: Callable[[Any], Reply] | None = None
+
+
+def _client(mac: str, client_id: bytes | None) -> Client:
+    if client_id is not None and not 0 < len(client_id) <= CLIENT_ID_MAX:
+        raise Refusal(ErrorCode.BAD_REQUEST,
+                      f"client identifier of {len(client_id)} bytes (1..{CLIENT_ID_MAX})")
+    return Client(_mac(mac), client_id)
 
 
 def _mac(text: str) -> str:
@@ -94,7 +104,8 @@ class StoreService:
             r.mac: (r.name, r.os) for r in dhcp.reservations}
         self.book = LeaseBook(dhcp.subnets, self.config.address, offer_hold=dhcp.offer_hold,
                               quarantine=dhcp.decline_quarantine,
-                              reservations=Reservations(fixed))
+                              reservations=Reservations(fixed), offer_share=dhcp.offer_share)
+        self._pressure_reported: dict[str, float] = {}
         self.machines = MachineBook()
         self.last_event_id = 0
         self.events_kept = 0
@@ -127,19 +138,52 @@ class StoreService:
     # -- leases -------------------------------------------------------------------
 
     def offer(self, req: LeaseOffer, now: float) -> Result:
-        client = Client(_mac(req.mac), req.client_id)
-        lease = self.book.offer(req.subnet, client, req.requested_ip, req.hostname, now)
+        client = _client(req.mac, req.client_id)
+        pool = self.book.pool(req.subnet)
+        reclaimed = pool.reclaimed
+        try:
+            lease = self.book.offer(req.subnet, client, req.requested_ip,
+                                    clean_hostname(req.hostname), now)
+        except Refusal as refusal:
+            if refusal.code is ErrorCode.POOL_EXHAUSTED:
+                pressure = self._pressure(pool, client.mac, now, "no free address left")
+                if pressure is not None:
+                    return Result(reply=_error(refusal.code, refusal.detail),
+                                  background=pressure.writes, publish=pressure.publish)
+            raise
+        pressure = None
+        if pool.reclaimed != reclaimed:
+            pressure = self._pressure(pool, client.mac, now,
+                                      "unbound offers reached the cap; the oldest was given up")
         result = Result(reply=self._grant(client.mac, lease.ip, "offered", lease.lease_time,
                                            now + self.book.offer_hold,
                                            self.machines.get(client.mac)))
         if req.report:  # an offer is not durable: its event needs no waiting either
             event = self._dhcp_event(DHCP_OFFER, client.mac, lease.ip, now, req.detail)
             result.background, result.publish = event.writes, event.publish
+        if pressure is not None:  # rare: its event is recorded, not published
+            result.background = [*pressure.writes, *result.background]
         return result
 
+    def _pressure(self, pool: Pool, mac: str, now: float, what: str) -> Result | None:
+        """The ``pool.pressure`` event, at most once a minute per pool."""
+        pool.pressure_events += 1
+        last = self._pressure_reported.get(pool.name)
+        if last is not None and now - last < PRESSURE_EVERY:
+            return None
+        self._pressure_reported[pool.name] = now
+        counts = pool.counts(now)
+        detail = (f"pool {pool.name}: {what}; {counts['bound']} bound, {counts['offered']} "
+                  f"offered (cap {self.book.offer_cap(pool)}), {counts['declined']} declined "
+                  f"of {pool.size}")
+        log.warning("%s (last asked by %s)", detail, mac)
+        return self._event(BootEvent(time=now, mac=mac, service="store", stage=POOL_PRESSURE,
+                                     detail=detail))
+
     def commit(self, req: LeaseCommit, now: float) -> Result:
-        client = Client(_mac(req.mac), req.client_id)
-        lease, writes = self.book.commit(req.subnet, req.ip, req.mode, client, req.hostname, now)
+        client = _client(req.mac, req.client_id)
+        lease, writes = self.book.commit(req.subnet, req.ip, req.mode, client,
+                                         clean_hostname(req.hostname), now)
         machine, machine_write = self._seen(lease, now)
         reply = self._grant(client.mac, lease.ip, "bound", lease.lease_time, lease.expires,
                             machine)
@@ -163,14 +207,16 @@ class StoreService:
         return self.machines.seen(lease.mac, now, number, name, os)
 
     def release(self, req: LeaseRelease, now: float) -> Result:
-        mac = _mac(req.mac)
-        writes = self.book.release(req.ip, Client(mac, req.client_id), now)
+        client = _client(req.mac, req.client_id)
+        mac = client.mac
+        writes = self.book.release(req.ip, client, now)
         return self._reported(Result(reply=Done(), writes=list(writes)), req.report,
                               DHCP_RELEASE, mac, req.ip, now, req.detail)
 
     def decline(self, req: LeaseDecline, now: float) -> Result:
-        mac = _mac(req.mac)
-        writes = self.book.decline(req.ip, Client(mac, req.client_id), now)
+        client = _client(req.mac, req.client_id)
+        mac = client.mac
+        writes = self.book.decline(req.ip, client, now)
         return self._reported(Result(reply=Done(), writes=list(writes)), req.report,
                               DHCP_DECLINE, mac, req.ip, now, req.detail)
 
@@ -258,6 +304,10 @@ class StoreService:
         pool = self.book.pool_of(address)
         if mac in reservations.fixed_macs or pool is None or address in pool.excluded:
             return False
+        if name is not None and not MACHINE_NAME.fullmatch(name):
+            name = None  # an import keeps the address; a bad name is the machine's default
+        if os is not None and not WORD.fullmatch(os):
+            os = None
         owner = reservations.owner_of(address)
         if owner is not None and owner != mac:
             return False
@@ -273,6 +323,10 @@ class StoreService:
     def set_reservation(self, req: ReservationSet, now: float) -> Result:
         r = req.reservation
         mac = _mac(r.mac)
+        if r.name is not None and not MACHINE_NAME.fullmatch(r.name):
+            raise Refusal(ErrorCode.BAD_REQUEST, f"{r.name[:80]!r} is not a valid host name")
+        if r.os is not None and not WORD.fullmatch(r.os):
+            raise Refusal(ErrorCode.BAD_REQUEST, f"os: {r.os[:80]!r} is not a valid name")
         try:
             address = ip_int(r.ip)
         except ValueError:
@@ -357,8 +411,9 @@ class StoreService:
     def _event(self, e: BootEvent) -> Result:
         """Number an event; its row (and any pruning) come back as ``writes``."""
         self.last_event_id += 1
-        event = BootEvent(id=self.last_event_id, time=e.time, mac=e.mac, service=e.service[:16],
-                          stage=e.stage[:32], ip=e.ip, detail=e.detail)
+        event = BootEvent(id=self.last_event_id, time=e.time, mac=e.mac,
+                          service=clean_text(e.service, 16), stage=clean_text(e.stage, 32),
+                          ip=ipv4_text(e.ip), detail=clean_text(e.detail))
         writes: list[Write] = [EventWrite({"id": event.id, "time": event.time, "mac": event.mac,
                                            "ip": event.ip, "service": event.service,
                                            "stage": event.stage, "detail": event.detail})]
@@ -386,6 +441,11 @@ class StoreService:
                 totals[k] += v
             out[f"pool.{pool.name}.size"] = pool.size
             out[f"pool.{pool.name}.bound"] = counts["bound"]
+            out[f"pool.{pool.name}.offered"] = counts["offered"]
+            out[f"pool.{pool.name}.declined"] = counts["declined"]
+            out[f"pool.{pool.name}.offer_cap"] = self.book.offer_cap(pool)
+            out[f"pool.{pool.name}.offers_reclaimed"] = pool.reclaimed
+            out[f"pool.{pool.name}.pressure"] = pool.pressure_events
         out.update({f"leases.{k}": v for k, v in totals.items()})
         out["machines"] = len(self.machines)
         out["events"] = self.last_event_id

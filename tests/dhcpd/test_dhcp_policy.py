@@ -364,8 +364,10 @@ def test_reply_larger_than_the_client_accepts_drops_requested_options() -> None:
     codes = option_codes(out.payload)
     assert codes[:5] == [53, 54, 51, 58, 59]
     assert codes[5:8] == [1, 3, 6]  # the head of the list survives
-    assert 67 not in codes  # the tail is dropped first
-    assert decode(out.payload).file == b"undionly.kpxe"  # the file field still names it
+    # Dropped from the end of the list, but the boot server and file go last
+    # of all: the host name (12), asked for after the domain, went instead.
+    assert 12 not in codes and 66 in codes and 67 in codes
+    assert decode(out.payload).file == b"undionly.kpxe"  # the file field names it too
 
 
 def test_lease_events_travel_with_the_lease_requests() -> None:
@@ -391,3 +393,82 @@ def test_an_ipxe_client_s_events_say_ipxe() -> None:
     h.bound(user_class=b"iPXE")
     offer = next(m for m in h.store.calls if m.kind == "lease.offer")
     assert offer.detail == "iPXE"  # type: ignore[attr-defined]
+
+
+# --- hostile and broken clients ------------------------------------------------
+
+
+def test_option_82_from_a_client_is_never_echoed() -> None:
+    """Only a relay adds option 82 (RFC 3046): one in a packet with giaddr 0 was
+    made up by the client and must not come back to it."""
+    h = Harness()
+    forged = b"\x01\x0bcircuit-one\x02\x05agent"
+    out = h.send(c.DHCPDISCOVER, extra={c.OPT_RELAY_AGENT: forged})
+    assert out is not None and out.message_type == c.DHCPOFFER
+    assert c.OPT_RELAY_AGENT not in decode(out.payload).options
+    ack = h.send(c.DHCPREQUEST, server_id=SERVER, requested=decode(out.payload).yiaddr,
+                 extra={c.OPT_RELAY_AGENT: forged})
+    assert ack is not None and c.OPT_RELAY_AGENT not in decode(ack.payload).options
+
+
+@pytest.mark.parametrize("giaddr", ["0.0.0.0", RELAY])
+@pytest.mark.parametrize("max_size", [None, 576, 1000])
+def test_every_reply_fits_the_clients_maximum(giaddr: str, max_size: int | None) -> None:
+    """A PXE client asking for everything, with a long domain and name, a
+    255-byte option 82 from its relay: the reply still fits option 57 (or
+    576 bytes without it), and keeps the message type, server, lease and
+    boot file."""
+    h = Harness(domain=("d" * 62 + ".") * 3 + "example")
+    h.store.machines[MAC] = MachineRecord(mac=MAC, name="n" * 63)
+    extra = {c.OPT_RELAY_AGENT: b"\x01\xfd" + b"c" * 253}
+    if max_size is not None:
+        extra[c.OPT_MAX_MESSAGE_SIZE] = struct.pack("!H", max_size)
+    params = bytes(range(1, 255))  # every option there is
+    for mtype in (c.DHCPDISCOVER, c.DHCPREQUEST):
+        kw: dict[str, Any] = {"giaddr": giaddr, "arch": 0, "params": params,
+                              "vendor": b"PXEClient:Arch:00000:UNDI:002001", "extra": extra}
+        if mtype == c.DHCPREQUEST:
+            kw.update(server_id=SERVER, requested=h.offered(**kw))
+        out = h.send(mtype, **kw)
+        assert out is not None
+        assert len(out.payload) <= (max_size or 576) - 28
+        options = decode(out.payload).options
+        for code in (c.OPT_MESSAGE_TYPE, c.OPT_SERVER_ID, c.OPT_LEASE_TIME):
+            assert code in options
+        assert decode(out.payload).file == b"undionly.kpxe"
+        assert (c.OPT_RELAY_AGENT in options) == (giaddr == RELAY)
+
+
+def test_an_option_82_too_long_to_echo_is_refused_as_malformed() -> None:
+    from astralboot.services.dhcpd.events import read_client_message
+    from astralboot.services.dhcpd.packet import encode
+    from astralboot.services.dhcpd.reader import MalformedPacket
+    from dhcptest import client_packet
+    packet = client_packet(c.DHCPDISCOVER, giaddr=RELAY,
+                           extra={c.OPT_RELAY_AGENT: b"\x01\xff" + b"x" * 400})
+    with pytest.raises(MalformedPacket, match="option 82"):
+        read_client_message(encode(packet))
+
+
+def test_host_names_are_clamped_and_cleaned_before_the_store_sees_them() -> None:
+    h = Harness()
+    # 300 characters in two option-12 pieces, with bytes no host name has.
+    name = "a" * 200 + "\n#!ipxe shell\x00" + "b" * 90
+    h.send(c.DHCPDISCOVER, extra={c.OPT_HOST_NAME: name.encode()})
+    offer = [x for x in h.store.calls if isinstance(x, LeaseOffer)][-1]
+    assert offer.hostname is not None and len(offer.hostname) <= 253
+    assert offer.hostname.startswith("a" * 200 + "-ipxe-shell")
+    assert all(ch.isalnum() or ch in ".-" for ch in offer.hostname)
+
+
+def test_a_decline_the_store_refuses_is_counted_and_logged_once_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    h.store.fail["lease.decline"] = "conflict"
+    with caplog.at_level("INFO"):
+        for _ in range(50):
+            h.send(c.DHCPDECLINE, server_id=SERVER, requested="192.0.2.150")
+    assert h.stats["declines_refused"] == 50 and h.stats["declines"] == 0
+    lines = [r for r in caplog.records if "DECLINE of 192.0.2.150" in r.getMessage()]
+    assert len(lines) == 1
+    assert h.stats["log_held_back"] == 49

@@ -189,13 +189,36 @@ def test_declined_address_is_quarantined(rules_store: StoreLab) -> None:
     assert error_code(commit(rules_store, other, ip)) == "conflict"
 
 
-def test_a_decline_for_someone_elses_address_is_ignored(rules_store: StoreLab) -> None:
+def test_a_decline_for_someone_elses_address_is_refused(rules_store: StoreLab) -> None:
     owner, stranger = new_mac(), new_mac()
     ip = bind(rules_store, owner)
-    assert isinstance(rules_store.call(LeaseDecline(mac=stranger, ip=ip)), Done)
+    assert error_code(rules_store.call(LeaseDecline(mac=stranger, ip=ip))) == "conflict"
     looked = rules_store.call(LeaseLookup(ip=ip))
     assert isinstance(looked, LeaseReply) and looked.lease.state == "bound"
     assert looked.lease.mac == owner
+
+
+def test_only_the_client_an_address_was_offered_to_may_decline_it(rules_store: StoreLab) -> None:
+    """RFC 2131 4.3.3: a DECLINE of a free address, or of one offered to
+    another client, quarantines nothing (or 127 made-up MACs would empty a
+    /25 for an hour)."""
+    free = "192.0.2.97"
+    assert lookup_state(rules_store, free) is None
+    for _ in range(20):
+        assert error_code(rules_store.call(LeaseDecline(mac=new_mac(), ip=free))) == "conflict"
+    assert lookup_state(rules_store, free) is None
+    offered_to, stranger = new_mac(), new_mac()
+    ip = offer(rules_store, offered_to).ip
+    assert error_code(rules_store.call(LeaseDecline(mac=stranger, ip=ip))) == "conflict"
+    assert lookup_state(rules_store, ip) == "offered"
+    # The client it was offered to may decline it before taking it.
+    assert isinstance(rules_store.call(LeaseDecline(mac=offered_to, ip=ip)), Done)
+    assert lookup_state(rules_store, ip) == "declined"
+
+
+def lookup_state(store: StoreLab, ip: str) -> str | None:
+    looked = store.call(LeaseLookup(ip=ip))
+    return looked.lease.state if isinstance(looked, LeaseReply) else None
 
 
 def test_exhausted_pool_is_a_typed_error_and_renewals_still_work(rules_store: StoreLab) -> None:

@@ -15,6 +15,8 @@ from astralboot.services.store.journal import (Batch, EventPruning, EventWrite, 
                                                MachineWrite, ReservationDeletion,
                                                ReservationWrite)
 
+from store_lab import postgres_database
+
 NET = "10.9.0.0/24"
 
 
@@ -87,6 +89,52 @@ def test_the_unique_address_is_the_final_guard(db: Database) -> None:
                     "10.9.0.22": "02:00:00:00:00:0d"}
     # The refused request's other writes went with it.
     assert db.load().machines == []
+
+
+def test_a_value_the_database_will_not_store_fails_alone(db: Database, backend: str) -> None:
+    """PostgreSQL enforces column lengths (SQLite does not): a row that slipped
+    past the store's edge checks fails that one change, not its whole batch."""
+    batch = Batch()
+    batch.add([LeaseWrite(lease("10.9.0.30", "02:00:00:00:00:1a"), insert=True)])
+    too_long = {**lease("10.9.0.31", "02:00:00:00:00:1b"), "hostname": "h" * 300}
+    batch.add([LeaseWrite(too_long, insert=True)])
+    event = {"id": 1, "time": time.time(), "mac": "02:00:00:00:00:1c",
+             "ip": "::ffff:10.9.0.32", "service": "httpd", "stage": "http.script", "detail": ""}
+    batch.add([EventWrite(event)])
+    batch.add([LeaseWrite(lease("10.9.0.33", "02:00:00:00:00:1d"), insert=True)])
+    outcome = db.apply(batch)
+    rows = {r["address"] for r in db.load().leases}
+    if backend == "postgres":
+        assert outcome.failed == frozenset({1, 2})
+        assert rows == {"10.9.0.30", "10.9.0.33"}
+    else:
+        assert outcome.failed == frozenset()
+        assert rows == {"10.9.0.30", "10.9.0.31", "10.9.0.33"}
+
+
+@pytest.mark.postgres
+def test_postgresql_sessions_commit_synchronously() -> None:
+    """Whatever the database's default, the store's own sessions wait for the
+    commit to reach disk before an ACK goes out."""
+    with postgres_database() as database:
+        _check_synchronous_commit(database)
+
+
+def _check_synchronous_commit(database: str) -> None:
+    admin = sa.create_engine(database, isolation_level="AUTOCOMMIT")
+    name = sa.engine.make_url(database).database
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+    admin.dispose()
+    plain = sa.create_engine(database)
+    with plain.connect() as conn:
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    plain.dispose()
+    engine = create_engine(database)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+    engine.dispose()
 
 
 def test_sqlite_runs_its_checkpoints_beside_the_writer(db: Database) -> None:

@@ -24,12 +24,12 @@ HOLD, QUARANTINE, LEASE = 30.0, 600.0, 3600
 
 
 def book(first: str = "10.0.0.10", last: str = "10.0.0.13",
-         reservations: Reservations | None = None) -> LeaseBook:
+         reservations: Reservations | None = None, offer_share: float = 1.0) -> LeaseBook:
     subnet = SubnetConfig(network=IPv4Network(NET), range_start=IPv4Address(first),
                           range_end=IPv4Address(last), gateway=IPv4Address("10.0.0.2"),
                           dns=(SERVER,), lease_time=LEASE, relayed=False)
     return LeaseBook([subnet], SERVER, offer_hold=HOLD, quarantine=QUARANTINE,
-                     reservations=reservations)
+                     reservations=reservations, offer_share=offer_share)
 
 
 def c(n: int) -> Client:
@@ -172,3 +172,30 @@ def test_no_two_clients_ever_hold_one_address(ops: list[tuple[str, int, int, flo
             if other_mac == client.mac and other_ip != lease.ip:
                 holders.pop(other_ip)
         holders[lease.ip] = (client.mac, lease.expires)
+
+
+def test_a_discover_flood_holds_at_most_the_offer_share_of_the_pool() -> None:
+    b = book(last="10.0.0.19", offer_share=0.5)  # ten addresses, five for offers
+    pool = b.pools[NET]
+    for n in range(127):  # made-up MACs that never REQUEST
+        b.offer(NET, c(100 + n), None, None, now=n * 0.01)
+        assert pool.outstanding_offers(n * 0.01) <= 5
+    assert pool.reclaimed == 127 - 5
+    # A real client still gets an address and binds it, at once.
+    assert bind(b, c(1), now=2.0) in {f"10.0.0.{i}" for i in range(10, 20)}
+    # The offers given up were the oldest: only the last four flooders hold one
+    # (the real client's DISCOVER gave up a fifth).
+    holders = {x.mac for x in pool.leases.values() if x.state == "offered" and x.held(2.0)}
+    assert holders == {c(100 + n).mac for n in range(123, 127)}
+
+
+def test_bound_clients_do_not_count_against_the_offer_cap() -> None:
+    b = book(last="10.0.0.19", offer_share=0.5)
+    bound = {bind(b, c(n), now=0) for n in range(8)}
+    assert len(bound) == 8
+    b.offer(NET, c(50), None, None, now=1)
+    b.offer(NET, c(51), None, None, now=1)
+    with pytest.raises(Refusal) as refused:
+        b.offer(NET, c(52), None, None, now=1)  # no address left: the pool is full
+    assert refused.value.code is ErrorCode.POOL_EXHAUSTED
+    assert b.pools[NET].reclaimed == 0  # two offers are under the cap of five
