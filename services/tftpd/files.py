@@ -5,7 +5,9 @@ are then in the digest-keyed cache: put there by the store itself on its
 host, or streamed in once by :func:`fetch_to_cache_async` on another host.
 Small hot files (the iPXE binaries) are kept in memory by digest, so a
 hundred machines booting at once read the disk once; large files are
-memory-mapped from the cache, whose files never change once written.
+memory-mapped from the cache, whose files never change once written. The
+small files count against tftpd's :class:`~.memory.MemoryBudget` as well as
+their own ``memory_cache`` bound.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Awaitable, Callable, Protocol
 from astralboot.common.bus.client import AsyncBusClient
 from astralboot.common.errors import AstralBootError, BusError, ErrorCode
 from astralboot.common.messages import ContentEntry, ContentStat, ContentStatReply, ErrorReply
+
+from .memory import MemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,8 @@ class StoreContent:
     """:class:`ContentSource` backed by the store over the bus."""
 
     def __init__(self, bus: AsyncBusClient, cache: DigestCacheLike, fetch: Fetch, *,
-                 memory_limit: int, deadline: float | None = None) -> None:
+                 memory_limit: int, deadline: float | None = None,
+                 budget: MemoryBudget | None = None) -> None:
         self._bus = bus
         self._cache = cache
         self._fetch = fetch
@@ -90,10 +95,21 @@ class StoreContent:
         self._memory_bytes = 0
         self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()
         self._loading: dict[str, asyncio.Future[Blob]] = {}
+        self._budget = budget
+        if budget is not None:
+            budget.join(self)
 
     @property
     def memory_bytes(self) -> int:
         return self._memory_bytes
+
+    @property
+    def held(self) -> int:
+        return self._memory_bytes
+
+    def shed(self, nbytes: int) -> None:
+        """Nothing: these are the files every PXE boot reads, and ``memory_limit``
+        already bounds them, so other holders of the budget do not push them out."""
 
     async def open(self, path: str) -> Blob:
         entry = await self._stat(path)
@@ -164,6 +180,10 @@ class StoreContent:
     def _remember(self, digest: str, data: bytes) -> None:
         self._memory[digest] = data
         self._memory_bytes += len(data)
-        while self._memory_bytes > self.memory_limit and self._memory:
+        # Past the budget (netascii copies that transfers still send hold the
+        # rest of it), older files go, and in the end maybe this one: it is
+        # served all the same, just read again next time.
+        while self._memory and (self._memory_bytes > self.memory_limit or
+                                (self._budget is not None and not self._budget.fit(0))):
             _, old = self._memory.popitem(last=False)
             self._memory_bytes -= len(old)

@@ -1,7 +1,8 @@
 """What the server does with a request; decisions only, no sockets.
 
-:class:`ReadService` turns an RRQ into a :class:`Transfer` or the ERROR
-that refuses it, asking an injected :class:`ContentSource`.
+:class:`ReadService` turns an RRQ into a :class:`Transfer`, the ERROR
+that refuses it, or :class:`NoMemory` (not now), asking an injected
+:class:`ContentSource` and, for netascii, the shared :class:`NetasciiCache`.
 :class:`SessionTable` decides who may start a transfer: a cap on sessions,
 a cap per client address (so one noisy machine cannot starve a rack that
 boots at once), and what a second RRQ from the same address and port means.
@@ -9,21 +10,20 @@ boots at once), and what a second RRQ from the same address and port means.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections import Counter
+from dataclasses import dataclass
 from typing import Generic, Iterator, Protocol, TypeVar
 
 from astralboot.common.errors import ErrorCode as StoreCode
 
 from .files import ContentError, ContentSource
+from .netascii import NetasciiCache, NoRoom, Text
 from .options import Limits, negotiate
 from .packets import (Ack, Data, Error, ErrorCode, Mode, OptionAck, Packet, ReadRequest,
-                      WriteRequest, encode_error, to_netascii)
+                      WriteRequest, encode_error)
 from .paths import store_path
 from .transfer import Address, Transfer
-
-NETASCII_MAX = 64 << 20  # converted in memory; text files are small
 
 READ_ONLY = encode_error(ErrorCode.ACCESS_VIOLATION, "this server is read-only")
 UNKNOWN_TID = encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")
@@ -57,15 +57,33 @@ def refusal_for(exc: ContentError) -> Error:
     return Error(code, f"content unavailable: {exc.detail}"[:200])
 
 
+@dataclass(frozen=True, slots=True)
+class NoMemory:
+    """Not now: the netascii copy does not fit in what is left of ``memory_max``.
+
+    Answered with silence, like a full session table. A PXE client, and
+    tftp-hpa, sends its RRQ again after its timeout (several times, backing
+    off), by when transfers may have ended and freed their copies; an ERROR
+    would end its boot attempt at once for what is only a passing shortage.
+    A copy larger than the whole budget can never fit: that one gets an
+    ERROR saying so, since asking again cannot help.
+    """
+
+    needed: int
+    available: int
+
+
 class ReadService:
     """RRQ in, transfer or refusal out."""
 
-    def __init__(self, content: ContentSource, limits: Limits, *, retries: int) -> None:
+    def __init__(self, content: ContentSource, limits: Limits, *, retries: int,
+                 netascii: NetasciiCache) -> None:
         self.content = content
         self.limits = limits
         self.retries = retries
+        self.netascii = netascii
 
-    async def open(self, request: ReadRequest, peer: Address) -> Transfer | Error:
+    async def open(self, request: ReadRequest, peer: Address) -> Transfer | Error | NoMemory:
         if request.mode is Mode.MAIL:
             return Error(ErrorCode.ILLEGAL_OPERATION, "mail mode is not supported")
         path = store_path(request.filename)
@@ -75,13 +93,18 @@ class ReadService:
             blob = await self.content.open(path)
         except ContentError as exc:
             return refusal_for(exc)
-        data: bytes | memoryview = memoryview(blob.data)
+        data: Text = blob.data
         if request.mode is Mode.NETASCII:
-            if blob.size > NETASCII_MAX:
-                return Error(ErrorCode.NOT_DEFINED, "file too large for netascii; use octet")
-            data = await asyncio.to_thread(to_netascii, data)
+            try:
+                data = await self.netascii.open(blob)
+            except NoRoom as exc:
+                if exc.for_now:
+                    return NoMemory(exc.needed, exc.available)
+                return Error(ErrorCode.NOT_DEFINED,
+                             f"file too large for netascii ({exc.needed} bytes, over tftpd's "
+                             f"memory_max); use octet")
         negotiated = negotiate(request.options, len(data), self.limits)
-        return Transfer(peer, data, negotiated, retries=self.retries)
+        return Transfer(peer, memoryview(data), negotiated, retries=self.retries)
 
 
 class Verdict(enum.Enum):

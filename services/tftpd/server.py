@@ -7,6 +7,10 @@ Sockets are read with ``add_reader`` and written with plain ``sendto``: one
 ACK in, one window out, no per-packet tasks or futures. Each session has at
 most one asyncio timer, moved lazily: it fires, the transfer checks its own
 deadline, and it is set again for the next one.
+
+Every log line a client can cause at will (bad packets, refusals, timeouts,
+even transfers) goes through a per-sender :class:`SenderLimit`, so one
+host flooding the port cannot flood the log.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ from astralboot.common.config import Config, TftpConfig
 from astralboot.common.errors import AstralBootError, StartupError
 from astralboot.common.frontend import FrontEnd, settle_heap
 from astralboot.common.frontend import run as run_frontend
+from astralboot.common.logs import SenderLimit
 from astralboot.common.messages import LeaseLookup, LeaseReply
 
 from .files import StoreContent
+from .memory import MemoryBudget
+from .netascii import NetasciiCache
 from .options import Limits
 from .packets import (Error, ErrorCode, ReadRequest, TftpProtocolError, WriteRequest, ack_block,
                       decode, encode_error)
-from .policy import ReadService, SessionTable, Verdict, stray_answer
+from .policy import NoMemory, ReadService, SessionTable, Verdict, stray_answer
 from .transfer import Address, State, Transfer
 
 log = logging.getLogger(__name__)
@@ -119,6 +126,7 @@ class Reporter:
         self._fe = fe
         self._macs: dict[str, tuple[float, asyncio.Future[str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._limit = SenderLimit()
 
     def report(self, stage: str, ip: str, detail: str) -> None:
         task = asyncio.get_running_loop().create_task(self._report(stage, ip, detail))
@@ -129,7 +137,9 @@ class Reporter:
         mac = await self._mac_of(ip)
         if not mac:
             self._fe.stats["events.no_lease"] += 1
-            log.info("%s for %s not reported: no lease holds that address", stage, ip)
+            now = asyncio.get_running_loop().time()
+            self._limit.log(log, logging.INFO, (ip, "no_lease"), now,
+                            "%s for %s not reported: no lease holds that address", stage, ip)
             return
         self._fe.report(stage, mac, ip, detail)
 
@@ -147,7 +157,8 @@ class Reporter:
         except AstralBootError as exc:
             if self._macs.get(ip) is known:
                 del self._macs[ip]  # a failure is not remembered
-            log.warning("cannot look up the lease of %s: %s", ip, exc)
+            self._limit.log(log, logging.WARNING, (ip, "lookup"), loop.time(),
+                            "cannot look up the lease of %s: %s", ip, exc)
             return ""
 
     async def _lookup(self, ip: str) -> str:
@@ -175,6 +186,7 @@ class TftpServer:
         self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged: set[str] = set()
+        self._limit = SenderLimit()
 
     @property
     def port(self) -> int:
@@ -220,7 +232,14 @@ class TftpServer:
             self._listener = None
 
     def details(self) -> dict[str, str | int | float | bool]:
-        return {"sessions": len(self.sessions), "clients": self.sessions.clients()}
+        return {"sessions": len(self.sessions), "clients": self.sessions.clients(),
+                "log.held_back": self._limit.suppressed_total}
+
+    def _note(self, level: int, kind: object, peer: Address, msg: str, *args: object) -> None:
+        """Log ``"ip:port: " + msg`` unless this sender had a ``kind`` line logged lately."""
+        now = self._loop.time() if self._loop is not None else 0.0
+        self._limit.log(log, level, (peer[0], kind), now, "%s:%d: " + msg, peer[0], peer[1],
+                        *args)
 
     # -- the listening port --------------------------------------------------
 
@@ -271,7 +290,7 @@ class TftpServer:
         level = logging.DEBUG if exc.reason in self._logged else logging.WARNING
         if len(self._logged) < 100:
             self._logged.add(exc.reason)
-        log.log(level, "malformed packet from %s:%d: %s", peer[0], peer[1], exc.reason)
+        self._note(level, "malformed", peer, "malformed packet: %s", exc.reason)
         if exc.answer is not None:
             self._send_listener(encode_error(exc.answer, exc.reason), peer)
 
@@ -280,7 +299,7 @@ class TftpServer:
         try:
             self._listener.sendto(data, peer)
         except OSError as exc:
-            log.debug("cannot answer %s:%d: %s", peer[0], peer[1], exc)
+            self._note(logging.DEBUG, "send", peer, "cannot answer: %s", exc)
 
     def _on_read_request(self, request: ReadRequest, peer: Address) -> None:
         self.stats["requests"] += 1
@@ -289,14 +308,14 @@ class TftpServer:
             self.stats["requests.duplicate"] += 1
             return
         if verdict is Verdict.REPLACE and existing is not None:
-            log.info("%s:%d sent a new request; ending its transfer of %s",
-                     peer[0], peer[1], existing.name)
+            self._note(logging.INFO, "replace", peer, "new request; ending its transfer of %s",
+                       existing.name)
             self._end(existing)
         elif verdict in (Verdict.BUSY, Verdict.CLIENT_BUSY):
             # Silence: the client asks again after its timeout.
             self.stats[f"requests.{verdict.value}"] += 1
-            log.debug("%s:%d: %s, request for %r dropped", peer[0], peer[1], verdict.value,
-                      request.filename)
+            self._note(logging.DEBUG, "busy", peer, "%s, request for %s dropped",
+                       verdict.value, _printable(request.filename))
             return
         session = Session(peer, request)
         self.sessions.add(peer, session)
@@ -318,20 +337,30 @@ class TftpServer:
         if isinstance(result, Error):
             self._refuse(session, result)
             return
+        if isinstance(result, NoMemory):
+            # Silence, as for a full session table: see NoMemory for why.
+            self.sessions.remove(peer, session)
+            self.stats["requests.no_memory"] += 1
+            self._note(logging.WARNING, "no_memory", peer,
+                       "netascii copy of %s (%d bytes) does not fit in memory_max "
+                       "(%d bytes free); request dropped, the client will ask again",
+                       session.name, result.needed, result.available)
+            return
         if self.settings.single_port:
             session.sock = self._listener
         else:
             try:
                 session.sock = self._transfer_socket()
             except OSError as exc:
-                log.warning("no socket for %s:%d: %s", peer[0], peer[1], exc)
+                self._note(logging.WARNING, "socket", peer, "no socket: %s", exc)
                 self._refuse(session, Error(ErrorCode.NOT_DEFINED, "server busy"))
                 return
             assert self._loop is not None
             self._loop.add_reader(session.sock.fileno(), self._on_session, session)
         session.transfer = result
-        log.info("%s:%d: sending %s (%d bytes, blksize %d, window %d)", peer[0], peer[1],
-                 session.name, result.size, result.blksize, result.windowsize)
+        self._note(logging.INFO, ("sending", session.name), peer,
+                   "sending %s (%d bytes, blksize %d, window %d)",
+                   session.name, result.size, result.blksize, result.windowsize)
         assert self._loop is not None
         self._pump(session, self._loop.time())
 
@@ -339,7 +368,7 @@ class TftpServer:
         peer = session.peer
         self.sessions.remove(peer, session)
         self.stats[f"refused.{ErrorCode(error.code).name.lower()}"] += 1
-        log.info("%s:%d: %s refused: %s", peer[0], peer[1], session.name, error.message)
+        self._note(logging.INFO, "refused", peer, "%s refused: %s", session.name, error.message)
         self._send_listener(encode_error(error.code, error.message), peer)
         if error.code == ErrorCode.NOT_DEFINED:
             self._report(TFTP_FAILED, peer[0], f"{session.name}: {error.message}")
@@ -366,7 +395,7 @@ class TftpServer:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            log.debug("%s:%d: %s", session.peer[0], session.peer[1], exc)
+            self._note(logging.DEBUG, "recv", session.peer, "%s", exc)
             return
         now = self._loop.time()
         transfer.receive_datagram(data, addr, now)
@@ -384,7 +413,7 @@ class TftpServer:
                 self.stats["send_dropped"] += 1  # as if lost: the timer resends
                 break
             except OSError as exc:
-                log.debug("%s:%d: send: %s", addr[0], addr[1], exc)
+                self._note(logging.DEBUG, "send", addr, "send: %s", exc)
                 break
         if transfer.done:
             self._finished(session)
@@ -420,18 +449,19 @@ class TftpServer:
         if state is State.COMPLETE:
             self.stats["transfers"] += 1
             self.stats["bytes"] += transfer.size
-            log.info("%s:%d: sent %s (%d bytes)", peer[0], peer[1], session.name, transfer.size)
+            self._note(logging.INFO, ("sent", session.name), peer, "sent %s (%d bytes)",
+                       session.name, transfer.size)
             self._report(TFTP_SENT, peer[0], f"{session.name} {transfer.size} bytes")
         elif state is State.ABORTED:
             error = transfer.peer_error
             probe = error is not None and error.code == ErrorCode.OPTION_REFUSED
             self.stats["transfers.probes" if probe else "transfers.aborted"] += 1
-            log.info("%s:%d: %s ended by the client: %s", peer[0], peer[1], session.name,
-                     error.message if error else "")
+            self._note(logging.INFO, "aborted", peer, "%s ended by the client: %s",
+                       session.name, error.message if error else "")
         elif state is State.TIMED_OUT:
             self.stats["transfers.timed_out"] += 1
-            log.warning("%s:%d: %s timed out after %d of %d bytes", peer[0], peer[1],
-                        session.name, transfer.bytes_acked, transfer.size)
+            self._note(logging.WARNING, "timed_out", peer, "%s timed out after %d of %d bytes",
+                       session.name, transfer.bytes_acked, transfer.size)
             self._report(TFTP_FAILED, peer[0], f"{session.name}: timed out")
 
     def _end(self, session: Session) -> None:
@@ -463,14 +493,21 @@ async def main(fe: FrontEnd) -> None:
     from astralboot.common.content import DigestCache, fetch_to_cache_async
 
     config = fe.config
-    content = StoreContent(fe.bus, DigestCache(config.store.cache, config.store.cache_max), fetch_to_cache_async,
-                           memory_limit=config.tftp.memory_cache)
-    service = ReadService(content, limits_for(config), retries=config.tftp.retries)
+    budget = MemoryBudget(config.tftp.memory_max)
+    netascii = NetasciiCache(budget)  # joins first: its idle copies are shed first
+    content = StoreContent(fe.bus, DigestCache(config.store.cache, config.store.cache_max),
+                           fetch_to_cache_async, memory_limit=config.tftp.memory_cache,
+                           budget=budget)
+    service = ReadService(content, limits_for(config), retries=config.tftp.retries,
+                          netascii=netascii)
     reporter = Reporter(fe)
     server = TftpServer(config.tftp, str(config.address), service, stats=fe.stats,
                         report=reporter.report)
     server.open()
-    fe.extra_details = lambda: {**server.details(), "memory_cache": content.memory_bytes}
+    fe.extra_details = lambda: {**server.details(), "memory_cache": content.memory_bytes,
+                                "netascii_cache": netascii.held,
+                                "netascii.conversions": netascii.conversions,
+                                "memory_used": budget.used, "memory_max": budget.limit}
     settle_heap()
     fe.ready = True
     try:

@@ -18,7 +18,6 @@ duplicate or stale ACK never sends anything: only the timer retransmits
 from __future__ import annotations
 
 import enum
-from types import MethodType
 from typing import Callable
 
 from .options import Negotiated
@@ -87,7 +86,7 @@ class Transfer:
             return
         block = ack_block(data)
         if block is not None:
-            self._on_ack(block, now)
+            self._on_ack(self, block, now)
             return
         try:
             packet = decode(data)
@@ -102,9 +101,9 @@ class Transfer:
             self.strangers += 1
             self._outbox.append((UNKNOWN_TID, addr))
         elif type(packet) is Ack:
-            self._on_ack(packet.block, now)
+            self._on_ack(self, packet.block, now)
         elif type(packet) is Error:
-            self._on_error(packet, now)
+            self._on_error(self, packet, now)
         else:
             self.ignored += 1  # DATA, OACK, requests: not for a sender
 
@@ -155,8 +154,11 @@ class Transfer:
 
     def _enter(self, state: State) -> None:
         self.state = state
-        self._on_ack = MethodType(_ON_ACK[state], self)
-        self._on_error = MethodType(_ON_ERROR[state], self)
+        # Plain functions, not bound methods: a bound method kept on the
+        # instance is a reference cycle, which would leave every finished
+        # transfer (and the file bytes it holds) to the cyclic collector.
+        self._on_ack = _ON_ACK[state]
+        self._on_error = _ON_ERROR[state]
         if state not in ACTIVE:
             self.done = True
             self._deadline = None

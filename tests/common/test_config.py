@@ -183,3 +183,59 @@ def test_rendered_config_loads_back_to_the_same_settings(short_tmp: Path) -> Non
     shown = write(short_tmp, render(original), "shown.toml")
     again = load(shown)
     assert dataclasses.replace(again, path=original.path, derived=original.derived) == original
+
+
+@pytest.mark.parametrize("value, size", [
+    (None, 256 << 20), ("2097152", 2 << 20), ("64M", 64 << 20), ("1.5G", 3 << 29),
+    ("512 MiB", 512 << 20)])
+def test_tftp_memory_max_takes_sizes_with_units(short_tmp: Path, value: str | None,
+                                                size: int) -> None:
+    text = BASE if value is None else BASE + "[tftp]\nmemory_max = " + (
+        value if value.isdigit() else f'"{value}"') + "\n"
+    config = load(write(short_tmp, text))
+    assert config.tftp.memory_max == size
+    assert ("tftp.memory_max" in config.derived) == (value is None)
+    again = load(write(short_tmp, render(config), "shown.toml"))
+    assert again.tftp.memory_max == size
+
+
+@pytest.mark.parametrize("value, problem", [
+    ('"lots"', "size like"), ("-1", "negative"), ("0", "too small"), ('"512K"', "too small"),
+    ("true", "not a boolean")])
+def test_tftp_memory_max_errors_name_file_and_key(short_tmp: Path, value: str,
+                                                  problem: str) -> None:
+    path = write(short_tmp, BASE + f"[tftp]\nmemory_max = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    errors = info.value.errors if isinstance(info.value, ConfigErrors) else [info.value]
+    assert [(e.file, e.key) for e in errors] == [(str(path), "tftp.memory_max")]
+    assert problem in errors[0].problem
+    assert str(path) in str(info.value) and "tftp.memory_max" in str(info.value)
+
+
+def test_http_slow_client_limits_default_and_parse(short_tmp: Path) -> None:
+    config = load(write(short_tmp, BASE))
+    assert (config.http.header_timeout, config.http.body_timeout, config.http.per_client) == \
+        (10.0, 30.0, 64)
+    assert {"http.header_timeout", "http.body_timeout", "http.per_client"} <= config.derived
+    config = load(write(short_tmp, BASE + '[http]\nheader_timeout = "15s"\nbody_timeout = "2m"\n'
+                        'per_client = 8\n'))
+    assert (config.http.header_timeout, config.http.body_timeout, config.http.per_client) == \
+        (15.0, 120.0, 8)
+    again = load(write(short_tmp, render(config), "shown.toml"))
+    assert again.http == config.http
+
+
+@pytest.mark.parametrize("text, key, problem", [
+    ('[http]\nheader_timeout = 0\n', "http.header_timeout", "out of range"),
+    ('[http]\nheader_timeout = "soon"\n', "http.header_timeout", "duration"),
+    ('[http]\nbody_timeout = "2h"\n', "http.body_timeout", "out of range"),
+    ('[http]\nper_client = 0\n', "http.per_client", "out of range"),
+    ('[http]\nper_clients = 9\n', "http.per_clients", "did you mean http.per_client?"),
+])
+def test_http_slow_client_limits_name_key_and_problem(short_tmp: Path, text: str, key: str,
+                                                     problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(short_tmp, BASE + text))
+    errors = info.value.errors if isinstance(info.value, ConfigErrors) else [info.value]
+    assert any(e.key == key and problem in e.problem for e in errors), errors

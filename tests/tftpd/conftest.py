@@ -15,6 +15,8 @@ import pytest
 from astralboot.common.config.model import TftpConfig
 from astralboot.common.errors import ErrorCode
 from astralboot.services.tftpd.files import Blob, ContentError
+from astralboot.services.tftpd.memory import MemoryBudget
+from astralboot.services.tftpd.netascii import NetasciiCache
 from astralboot.services.tftpd.options import Limits
 from astralboot.services.tftpd.policy import ReadService
 from astralboot.services.tftpd.server import TftpServer
@@ -58,11 +60,12 @@ class LoopbackServer:
 
     def __init__(self, content: FakeContent, *, single_port: bool = False,
                  max_sessions: int = 64, per_client: int = 64, timeout: float = 1.0,
-                 retries: int = 4, max_blksize: int = 1468) -> None:
+                 retries: int = 4, max_blksize: int = 1468, memory_max: int = 64 << 20) -> None:
         self.content = content
         self.settings = TftpConfig(port=0, single_port=single_port, max_sessions=max_sessions,
                                    per_client=per_client, timeout=timeout, retries=retries,
-                                   memory_cache=1 << 20)
+                                   memory_cache=1 << 20, memory_max=memory_max)
+        self.netascii: NetasciiCache | None = None
         self.limits = Limits(max_blksize=max_blksize, timeout=timeout)
         self.events: list[tuple[str, str, str]] = []
         self.server: TftpServer | None = None
@@ -83,7 +86,9 @@ class LoopbackServer:
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            service = ReadService(self.content, self.limits, retries=self.settings.retries)
+            self.netascii = NetasciiCache(MemoryBudget(self.settings.memory_max))
+            service = ReadService(self.content, self.limits, retries=self.settings.retries,
+                                  netascii=self.netascii)
             self.server = TftpServer(self.settings, "127.0.0.1", service,
                                      report=lambda *e: self.events.append(e))
             self.server.open()

@@ -18,6 +18,8 @@ from astralboot.common.errors import BusTimeout, ErrorCode
 from astralboot.common.messages import (ContentEntry, ContentStat, ContentStatReply, ErrorReply,
                                         HealthReply)
 from astralboot.services.tftpd.files import ContentError, StoreContent
+from astralboot.services.tftpd.memory import MemoryBudget
+from astralboot.services.tftpd.netascii import NetasciiCache
 
 
 def digest(data: bytes) -> str:
@@ -195,3 +197,35 @@ def test_memory_stays_within_its_limit(parts: Any) -> None:
 
     asyncio.run(go())
     assert content.memory_bytes == 4 * 900  # the four most recent
+
+
+def test_small_files_share_the_budget_with_netascii_copies(parts: Any) -> None:
+    """Hot files count against memory_max; an idle netascii copy makes room for
+    them, one a transfer still sends cannot, and older hot files go instead."""
+    bus, cache, _ = parts
+    budget = MemoryBudget(8000)
+    netascii = NetasciiCache(budget)
+    content = StoreContent(bus, cache, None, memory_limit=8000,  # type: ignore[arg-type]
+                           budget=budget)
+    text = b"menu line\n" * 500  # a 5,500-byte netascii copy
+    small = bytes(range(256)) * 7  # 1,792 bytes, under 8000 // 4
+    for name, data in (("tftp/menu.txt", text), ("tftp/a", small), ("tftp/b", small[::-1]),
+                       ("tftp/c", small[1:] + b"c")):
+        bus.add(name, data)
+        cache.put(data)
+
+    async def go() -> None:
+        in_use = memoryview(await netascii.open(await content.open("tftp/menu.txt")))
+        assert budget.used == 5500 and content.memory_bytes == 0  # menu.txt is mapped
+        await content.open("tftp/a")
+        assert budget.used == 5500 + 1792 == netascii.held + content.memory_bytes
+        blob = await content.open("tftp/b")  # 9,084 bytes: a goes, the copy in use stays
+        assert bytes(blob.data) == small[::-1]
+        assert content.memory_bytes == 1792 and netascii.held == 5500
+        in_use.release()  # the transfer ends; the copy stays cached, idle
+        assert len(netascii) == 1 and netascii.held == 5500
+        await content.open("tftp/c")  # the idle copy goes, both hot files stay
+        assert netascii.held == 0 and content.memory_bytes == 2 * 1792
+        assert budget.used <= budget.limit
+
+    asyncio.run(go())

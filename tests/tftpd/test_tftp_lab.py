@@ -23,6 +23,7 @@ from astralboot.common.config import load
 from astralboot.common.lab.netns import Host, Lab
 from astralboot.common.lab.stack import Stack, astralboot_argv, write_config
 from astralboot.common.messages import LeaseCommit, LeaseGrant, LeaseOffer
+from astralboot.services.tftpd.packets import to_netascii
 
 pytestmark = pytest.mark.netns
 
@@ -276,3 +277,76 @@ def test_port_in_use_stops_tftpd_with_a_clear_reason(lab: Lab, short_tmp: Path) 
         holder.wait()
     assert proc.returncode == 2
     assert "tftpd: cannot start: UDP port 69 on 192.0.2.1 is in use" in proc.stderr
+
+
+# --- netascii and memory -------------------------------------------------------------
+
+# 4 MiB of text: LF line ends, every 50th line a CR LF and a bare CR (each of
+# them changes under netascii), so the copy is larger than the file.
+BIG_TEXT = b"".join(
+    b"line %06d of a menu that an old switch reads in ascii mode%s" %
+    (i, b"\r\n\r" if i % 50 == 0 else b"\n") for i in range(70_000))[:4 << 20]
+
+
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def test_144_netascii_clients_share_one_copy(tftp_lab: Callable[..., TftpLab]) -> None:
+    # Every client comes from one address: let them all in at once.
+    t = tftp_lab(per_client=200)
+    (t.folder.parent / "data" / "tftp" / "big.txt").write_bytes(BIG_TEXT)
+    expected = to_netascii(BIG_TEXT)
+    pid = t.stack.procs["tftpd"].pid  # `ip netns exec` execs tftpd in place
+    assert b"tftpd" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    warm = t.script("get", "big.txt", "tsize=0", "--mode", "netascii")
+    assert warm["sha256"] == sha(expected) and warm["oack"] == {"tsize": str(len(expected))}
+    baseline = memory_kib(pid)
+    try:  # the peak (VmHWM) from here on, not since start-up
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        hwm_reset = True
+    except OSError:
+        hwm_reset = False
+    clients = t.client.ns.popen(
+        [sys.executable, CLIENT_SCRIPT, SERVER, "many", "big.txt", "tsize=0", "blksize=1468",
+         "windowsize=16", "--mode", "netascii", "--count", "144"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=t.folder)
+    peak = baseline
+    while clients.poll() is None:
+        peak = max(peak, memory_kib(pid))
+        time.sleep(0.02)
+    out, err = clients.communicate()
+    if hwm_reset:
+        peak = max(peak, memory_kib(pid, "VmHWM"))
+    assert clients.returncode == 0, err
+    result = json.loads(out)
+    assert result["finished"] == 144, result["errors"]
+    assert result["sha256"] == {sha(expected): 144}  # exactly to_netascii(file), each
+    assert result["tsizes"] == [len(expected)]
+    rise_mib = (peak - baseline) / 1024
+    print(f"\ntftpd RSS: {baseline / 1024:.1f} MiB after one warm-up transfer, "
+          f"peak {peak / 1024:.1f} MiB with 144 netascii clients of a "
+          f"{len(BIG_TEXT) >> 20} MiB file: +{rise_mib:.1f} MiB "
+          f"(peak {'from VmHWM' if hwm_reset else 'sampled'})")
+    assert rise_mib < 64, f"tftpd grew by {rise_mib:.1f} MiB"
+    status = t.status()
+    assert status["transfers"] == 145 and status["sessions"] == 0
+    assert status["netascii.conversions"] == 1  # converted once, for the warm-up
+    assert status["memory_used"] <= status["memory_max"]
+
+
+def test_netascii_larger_than_memory_max_is_refused_with_a_reason(
+        tftp_lab: Callable[..., TftpLab]) -> None:
+    t = tftp_lab(memory_max="1M")
+    (t.folder.parent / "data" / "tftp" / "big.txt").write_bytes(BIG_TEXT)
+    refused = t.script("get", "big.txt", "--mode", "netascii")
+    assert refused["error"].startswith("ERROR 0: file too large for netascii"), refused
+    assert "use octet" in refused["error"]
+    assert t.script("get", "big.txt")["sha256"] == sha(BIG_TEXT)  # octet needs no copy
+    assert t.script("get", "boot/menu.ipxe", "--mode", "netascii")["sha256"] == sha(
+        to_netascii(MENU))  # a small text still fits
+    status = t.status()
+    assert status["refused.not_defined"] == 1 and status["memory_max"] == 1 << 20

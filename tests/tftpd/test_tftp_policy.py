@@ -9,6 +9,8 @@ import pytest
 
 from astralboot.common.errors import ErrorCode as StoreCode
 from astralboot.services.tftpd.files import ContentError
+from astralboot.services.tftpd.memory import MemoryBudget
+from astralboot.services.tftpd.netascii import NetasciiCache
 from astralboot.services.tftpd.options import Limits
 from astralboot.services.tftpd.packets import (Ack, Data, Error, ErrorCode, Mode, OptionAck,
                                                ReadRequest, WriteRequest, decode)
@@ -19,8 +21,9 @@ PEER = ("192.0.2.10", 40000)
 IPXE = bytes(range(256)) * 100
 
 
-def service(content: Any, **kw: Any) -> ReadService:
-    return ReadService(content, Limits(max_blksize=1468), retries=3, **kw)
+def service(content: Any, memory_max: int = 1 << 20) -> ReadService:
+    return ReadService(content, Limits(max_blksize=1468), retries=3,
+                       netascii=NetasciiCache(MemoryBudget(memory_max)))
 
 
 def open_(content: Any, request: ReadRequest) -> Transfer | Error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import logging
 import os
 import socket
 import subprocess
@@ -26,10 +27,13 @@ from astralboot.common.config.model import TftpConfig
 from astralboot.common.errors import BusTimeout, StartupError
 from astralboot.common.messages import ErrorReply, LeaseLookup, LeaseRecord, LeaseReply
 from astralboot.services.tftpd.files import ContentError
+from astralboot.services.tftpd.memory import MemoryBudget
+from astralboot.services.tftpd.netascii import NetasciiCache
 from astralboot.services.tftpd.options import Limits
 from astralboot.services.tftpd.policy import ReadService
 from astralboot.services.tftpd.server import Reporter, Session, TftpServer, _bind_error
-from astralboot.services.tftpd.packets import Ack, Data, Error, OptionAck, ReadRequest
+from astralboot.services.tftpd.packets import (Ack, Data, Error, Mode, OptionAck, ReadRequest,
+                                               to_netascii)
 
 IPXE = Path("/usr/lib/ipxe/ipxe.efi").read_bytes()
 TEXT = b"#!ipxe\nchain http://192.0.2.1/boot.ipxe\r\nmixed\rline\n"
@@ -304,7 +308,8 @@ def test_port_in_use_is_a_clear_startup_error(loopback_server: Callable[..., Any
 def test_an_address_not_on_this_host_is_a_clear_startup_error(fake_content: Any) -> None:
     settings = TftpConfig(port=0, single_port=False, max_sessions=1, per_client=1,
                           timeout=1.0, retries=1, memory_cache=0)
-    service = ReadService(fake_content, Limits(), retries=1)
+    service = ReadService(fake_content, Limits(), retries=1,
+                          netascii=NetasciiCache(MemoryBudget(1 << 20)))
     server = TftpServer(settings, "192.0.2.77", service)
     with pytest.raises(StartupError) as info:
         server.open()
@@ -387,3 +392,59 @@ def test_a_failed_lookup_is_not_remembered() -> None:
     asyncio.run(go())
     assert fe.lookups == ["192.0.2.10", "192.0.2.10"]
     assert fe.reported == [("tftp.sent", "52:54:00:12:34:56", "192.0.2.10", "a 1 bytes")]
+
+
+# --- memory and the log ---------------------------------------------------------------
+
+
+def menu_text(kib: int, seed: str) -> bytes:
+    line = f"{seed}: kernel /boot/vmlinuz\n".encode()
+    return (line * (kib * 1024 // len(line) + 1))[:kib * 1024]
+
+
+def test_netascii_without_room_gets_silence_until_a_copy_is_freed(
+        loopback_server: Callable[..., Any], fake_content: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    a, b = menu_text(600, "a"), menu_text(600, "b")
+    fake_content.files.update({"tftp/a.txt": a, "tftp/b.txt": b})
+    with loopback_server(memory_max=1 << 20) as srv, \
+            RawClient(srv.address) as first, RawClient(srv.address) as second:
+        first.request("a.txt", mode=Mode.NETASCII)
+        block, tid = first.recv()  # a's copy is in use by this transfer
+        assert block == Data(block=1, payload=to_netascii(a)[:512])
+        for _ in range(3):
+            second.request("b.txt", mode=Mode.NETASCII)
+            assert second.recv_all(0.3) == []  # silence: the client will ask again
+        assert srv.stats["requests.no_memory"] == 3 and srv.sessions() == 1
+        warned = [r for r in caplog.records if "does not fit in memory_max" in r.getMessage()]
+        assert len(warned) == 1, warned  # once per sender, not once per request
+        first.send(Error(code=0, message="cancelled"), tid)
+        srv.settle()
+        second.request("b.txt", mode=Mode.NETASCII)  # its retransmission
+        assert second.receive_file(second.recv()) == to_netascii(b)
+        assert srv.call(lambda: srv.netascii.conversions) == 2  # type: ignore[union-attr]
+
+
+def test_a_flood_of_bad_packets_logs_one_line_per_sender(
+        loopback_server: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="astralboot.services.tftpd.server")
+    with loopback_server() as srv, RawClient(srv.address) as one, \
+            RawClient(srv.address, source="127.0.0.2") as other:
+        for _ in range(50):
+            one.send(bytes.fromhex("0009"))  # unknown opcode
+            one.send(b"\x00\x01ipxe.efi\x00binary\x00")  # unknown mode
+        other.send(bytes.fromhex("0009"))
+        assert len(one.recv_all(1.0)) == 100  # every one still answered
+        for _ in range(20):
+            with RawClient(srv.address) as asker:
+                asker.request("missing")
+                assert asker.recv()[0] == Error(code=1, message="file not found")
+        srv.settle()
+        stats = srv.stats
+        assert stats["malformed"] == 101 and stats["refused.file_not_found"] == 20
+        lines = [r.getMessage() for r in caplog.records
+                 if r.name == "astralboot.services.tftpd.server"]
+        assert len([m for m in lines if m.startswith("127.0.0.1:") and "malformed" in m]) == 1
+        assert len([m for m in lines if m.startswith("127.0.0.2:") and "malformed" in m]) == 1
+        assert len([m for m in lines if "refused" in m]) == 1
+        assert srv.call(lambda: srv.server.details()["log.held_back"]) == 99 + 19  # type: ignore

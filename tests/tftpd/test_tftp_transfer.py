@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import weakref
 
 import pytest
 from hypothesis import given, settings
@@ -428,3 +430,22 @@ def test_any_input_never_crashes_and_never_resends_without_a_timer(
             # one window, starting after the highest block acknowledged
             assert blocks[0] == t.bytes_acked // 512 + 1
             assert blocks == list(range(blocks[0], blocks[0] + len(blocks)))
+
+
+@pytest.mark.parametrize("oack", [(), (("tsize", "1000"),)])
+def test_a_transfer_is_freed_as_soon_as_it_is_dropped(oack: tuple[tuple[str, str], ...]) -> None:
+    # The bytes a transfer sends (a shared netascii copy, say) must go when the
+    # server forgets the transfer, not whenever the cycle collector next runs.
+    t = make(content(1000), oack=oack)
+    for state_change in (ack(0), ack(1), encode(Error(0, "stop"))):
+        t.datagrams_to_send(1.0)
+        t.receive_datagram(state_change, PEER, 1.1)
+    gone = weakref.ref(t)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del t
+        assert gone() is None
+    finally:
+        if enabled:
+            gc.enable()

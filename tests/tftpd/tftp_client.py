@@ -8,7 +8,12 @@ inside a client network namespace, printing one JSON object:
     python tftp_client.py SERVER[:PORT] uefi NAME [--same-port]
     python tftp_client.py SERVER[:PORT] stranger NAME
     python tftp_client.py SERVER[:PORT] raw HEX [--wait SECONDS]
-    python tftp_client.py SERVER[:PORT] get NAME [OPTION=VALUE ...]
+    python tftp_client.py SERVER[:PORT] get NAME [OPTION=VALUE ...] [--mode netascii]
+    python tftp_client.py SERVER[:PORT] many NAME [OPTION=VALUE ...] --count N [--mode netascii]
+
+``many`` runs N downloads at once from N ports of one process (one thread,
+a selector), hashing as the blocks come, so hundreds of clients cost the
+test machine little.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import selectors
 import socket
 import sys
 import time
+from collections import Counter
 from typing import Any
 
-from astralboot.services.tftpd.packets import (Ack, Data, Error, OptionAck, Packet, ReadRequest,
-                                               TftpProtocolError, decode, encode)
+from astralboot.services.tftpd.packets import (Ack, Data, Error, Mode, OptionAck, Packet,
+                                               ReadRequest, TftpProtocolError, decode, encode)
 
 Address = tuple[str, int]
 
@@ -52,9 +59,11 @@ class RawClient:
         data = packet if isinstance(packet, bytes) else encode(packet)
         self.sock.sendto(data, to or self.server)
 
-    def request(self, name: bytes | str, options: dict[str, str] | None = None) -> None:
+    def request(self, name: bytes | str, options: dict[str, str] | None = None,
+                mode: Mode = Mode.OCTET) -> None:
         filename = name.encode() if isinstance(name, str) else name
-        self.send(ReadRequest(filename=filename, options=tuple((options or {}).items())))
+        self.send(ReadRequest(filename=filename, mode=mode,
+                              options=tuple((options or {}).items())))
         self.requests_sent += 1
 
     def recv(self, timeout: float | None = None) -> tuple[Packet, Address]:
@@ -179,9 +188,134 @@ def raw(server: Address, hexdata: str, wait: float) -> dict[str, Any]:
         return {"answers": answers}
 
 
-def get(server: Address, name: str, options: dict[str, str]) -> dict[str, Any]:
+class Download:
+    """One of many concurrent downloads: a non-blocking RFC 7440 receiver."""
+
+    RRQ_RETRY = 2.0  # seconds without an answer before the RRQ goes again
+    RRQ_TRIES = 10
+
+    def __init__(self, server: Address, name: str, options: dict[str, str], mode: Mode) -> None:
+        self.server = server
+        self.rrq = encode(ReadRequest(filename=name.encode(), mode=mode,
+                                      options=tuple(options.items())))
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("0.0.0.0", 0))
+        self.sock.setblocking(False)
+        self.tid: Address | None = None
+        self.blksize, self.windowsize = 512, 1
+        self.tsize: int | None = None
+        self.expected, self.in_window, self.size = 1, 0, 0
+        self.hash = hashlib.sha256()
+        self.requests = 0
+        self.sent_at = 0.0
+        self.done = False
+        self.error: str | None = None
+
+    def start(self, now: float) -> None:
+        self.sock.sendto(self.rrq, self.server)
+        self.requests += 1
+        self.sent_at = now
+
+    def tick(self, now: float) -> None:
+        """Ask again if the server has said nothing yet (it may have been busy)."""
+        if self.tid is None and not self.done and now - self.sent_at > self.RRQ_RETRY:
+            if self.requests >= self.RRQ_TRIES:
+                self.finish(f"no answer to {self.requests} requests")
+            else:
+                self.start(now)
+
+    def finish(self, error: str | None = None) -> None:
+        self.done, self.error = True, error
+        self.sock.close()
+
+    def readable(self) -> None:
+        while not self.done:
+            try:
+                data, addr = self.sock.recvfrom(70000)
+            except (BlockingIOError, InterruptedError):
+                return
+            if self.tid is None:
+                self.tid = addr
+            elif addr != self.tid:
+                continue
+            try:
+                self.take(decode(data))
+            except TftpProtocolError as exc:
+                self.finish(f"bad packet: {exc}")
+
+    def take(self, packet: Packet) -> None:
+        assert self.tid is not None
+        if isinstance(packet, OptionAck):
+            opts = {n.lower(): v for n, v in packet.options}
+            self.blksize = int(opts.get("blksize", self.blksize))
+            self.windowsize = int(opts.get("windowsize", self.windowsize))
+            self.tsize = int(opts["tsize"]) if "tsize" in opts else None
+            self.sock.sendto(encode(Ack(block=0)), self.tid)
+            return
+        if isinstance(packet, Error):
+            self.finish(f"ERROR {packet.code}: {packet.message}")
+            return
+        if not isinstance(packet, Data):
+            self.finish(f"unexpected {type(packet).__name__}")
+            return
+        last = False
+        if packet.block == self.expected & 0xFFFF:
+            self.hash.update(packet.payload)
+            self.size += len(packet.payload)
+            self.expected += 1
+            self.in_window += 1
+            last = len(packet.payload) < self.blksize
+            ack_now = last or self.in_window == self.windowsize
+        else:
+            ack_now = True  # out of order: ACK the last block in order
+        if ack_now:
+            self.in_window = 0
+            self.sock.sendto(encode(Ack(block=(self.expected - 1) & 0xFFFF)), self.tid)
+        if last:
+            self.finish()
+
+
+def many(server: Address, name: str, options: dict[str, str], mode: Mode, count: int,
+         deadline: float = 300.0) -> dict[str, Any]:
+    downloads = [Download(server, name, options, mode) for _ in range(count)]
+    selector = selectors.DefaultSelector()
+    now = time.monotonic()
+    for d in downloads:  # every request first, so they reach the server at once
+        d.start(now)
+        selector.register(d.sock, selectors.EVENT_READ, d)
+    end = now + deadline
+    waiting = set(downloads)
+    while waiting and time.monotonic() < end:
+        for key, _ in selector.select(timeout=0.2):
+            d = key.data
+            d.readable()
+            if d.done:
+                selector.unregister(key.fileobj)
+                waiting.discard(d)
+        now = time.monotonic()
+        for d in list(waiting):
+            d.tick(now)
+            if d.done:
+                selector.unregister(d.sock)
+                waiting.discard(d)
+    for d in waiting:
+        d.finish("not finished before the deadline")
+    finished = [d for d in downloads if d.error is None]
+    return {
+        "count": count,
+        "finished": len(finished),
+        "sha256": dict(Counter(d.hash.hexdigest() for d in finished)),
+        "sizes": sorted({d.size for d in finished}),
+        "tsizes": sorted({d.tsize for d in finished if d.tsize is not None}),
+        "requests": sum(d.requests for d in downloads),
+        "errors": sorted({d.error for d in downloads if d.error is not None}),
+    }
+
+
+def get(server: Address, name: str, options: dict[str, str],
+        mode: Mode = Mode.OCTET) -> dict[str, Any]:
     with RawClient(server) as client:
-        client.request(name, options)
+        client.request(name, options, mode)
         try:
             first = client.recv()
             oack = dict(first[0].options) if isinstance(first[0], OptionAck) else None
@@ -194,11 +328,13 @@ def get(server: Address, name: str, options: dict[str, str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("server")
-    p.add_argument("scenario", choices=["uefi", "stranger", "raw", "get"])
+    p.add_argument("scenario", choices=["uefi", "stranger", "raw", "get", "many"])
     p.add_argument("arg")
     p.add_argument("options", nargs="*")
     p.add_argument("--same-port", action="store_true")
     p.add_argument("--wait", type=float, default=1.5, help="seconds to collect raw answers")
+    p.add_argument("--mode", default="octet", choices=["octet", "netascii"])
+    p.add_argument("--count", type=int, default=1, help="downloads at once (many)")
     args = p.parse_args(argv)
     host, _, port = args.server.partition(":")
     server = (host, int(port or 69))
@@ -208,8 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         out = stranger(server, args.arg)
     elif args.scenario == "raw":
         out = raw(server, args.arg, args.wait)
+    elif args.scenario == "many":
+        out = many(server, args.arg, dict(o.split("=", 1) for o in args.options),
+                   Mode(args.mode), args.count)
     else:
-        out = get(server, args.arg, dict(o.split("=", 1) for o in args.options))
+        out = get(server, args.arg, dict(o.split("=", 1) for o in args.options),
+                  Mode(args.mode))
     print(json.dumps(out))
     return 0
 
