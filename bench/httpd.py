@@ -1,7 +1,7 @@
 """HTTP benchmark: AstralBoot's httpd (gunicorn) against nginx, same files, same run.
 
     .venv/bin/python bench/httpd.py [--seconds 10] [--rounds 3] [--connections 32]
-        [--worker-class gthread] [--workers 2] [--threads 4] [--initrd PATH]
+        [--worker-class httpd] [--workers 2] [--threads 4] [--initrd PATH]
 
 Serves Debian's 40 MB netboot initrd (from the debian-installer-12-netboot-amd64
 package, or --initrd) and the per-machine boot script /boot/debian/<mac>
@@ -93,7 +93,7 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--file-connections", type=int, default=8)
-    p.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"))
+    p.add_argument("--worker-class", default="httpd", choices=("httpd", "gthread", "sync"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--nginx-workers", default="auto")

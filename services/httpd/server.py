@@ -7,7 +7,9 @@ over as ``fd://N``. The app is built once in the master (``preload_app``)
 and forked into ``http.workers`` processes of ``http.threads`` threads each:
 gthread workers keep connections alive and a long image download never
 looks like a stuck worker (a sync worker would be killed after its timeout
-on a slow link). Each worker opens its own bus socket after the fork.
+on a slow link). The worker class is gthread's, made to survive slow
+clients (:mod:`.worker`: heads read in the main loop, timeouts, a cap per
+client address). Each worker opens its own bus socket after the fork.
 """
 
 from __future__ import annotations
@@ -26,12 +28,20 @@ from ...common.errors import StartupError
 from .app import create_app
 from .metrics import Metrics
 from .store import BusStore
+from .worker import ClientLimits
+from .worker import worker_class as httpd_worker
 
 log = logging.getLogger(__name__)
 
-WORKER_CLASS = "gthread"  # measured in bench/httpd.py against sync
 KEEPALIVE = 15            # seconds an idle client connection stays open
 BACKLOG = 2048
+# Bounds on a request head. Boot clients send a few hundred bytes; these are
+# gunicorn's defaults for one line and one field, fewer fields, and 32 KiB
+# for the whole head (nginx's large_client_header_buffers, 4 x 8k).
+LIMIT_REQUEST_LINE = 4094
+LIMIT_REQUEST_FIELDS = 64
+LIMIT_REQUEST_FIELD_SIZE = 8190
+MAX_HEAD = 32 * 1024
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -95,15 +105,25 @@ def inherited_socket() -> socket.socket | None:
     return sock
 
 
-def options(config: Config, fd: int, *, worker_class: str = WORKER_CLASS,
+def client_limits(config: Config) -> ClientLimits:
+    return ClientLimits(header_timeout=config.http.header_timeout,
+                        body_timeout=config.http.body_timeout,
+                        per_client=config.http.per_client, max_head=MAX_HEAD)
+
+
+def options(config: Config, fd: int, *, worker_class: str | None = None,
             workers: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """gunicorn's settings; ``worker_class`` (e.g. "gthread", "sync") is for bench/."""
     level = {"trace": "debug"}.get(config.log_level, config.log_level)
     return {
         "bind": [f"fd://{fd}"],
         "workers": workers or config.http.workers,
         "threads": threads or config.http.threads,
-        "worker_class": worker_class,
+        "worker_class": worker_class or httpd_worker(client_limits(config)),
         "keepalive": KEEPALIVE,
+        "limit_request_line": LIMIT_REQUEST_LINE,
+        "limit_request_fields": LIMIT_REQUEST_FIELDS,
+        "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
         "backlog": BACKLOG,
         "timeout": 60,
         "graceful_timeout": 10,
