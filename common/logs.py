@@ -54,15 +54,19 @@ class SenderLimit:
     A DECLINE flood or a fuzzer must not flood the log: the first line from
     a sender is logged, further ones within ``period`` seconds are only
     counted, and the next line logged for that sender says how many were
-    held back. At most ``senders`` are remembered (the oldest is forgotten
-    first), so a flood from random addresses costs bounded memory.
+    held back. A sender is only what the packet claims (a MAC is made up at
+    will), so all senders together get at most ``overall`` lines a period
+    too. At most ``senders`` are remembered (the oldest is forgotten first),
+    so a flood from random addresses costs bounded memory.
     """
 
-    def __init__(self, period: float = 60.0, senders: int = 4096) -> None:
+    def __init__(self, period: float = 60.0, senders: int = 4096, overall: int = 100) -> None:
         self.period = period
         self.senders = senders
+        self.overall = overall
         self.suppressed_total = 0
         self._seen: dict[object, list[float | int]] = {}  # sender -> [last logged, held back]
+        self._window = (float("-inf"), 0)  # (start, lines logged in it)
 
     def allow(self, sender: object, now: float) -> tuple[bool, int]:
         """Whether to log for ``sender`` now, and how many lines were held back before it."""
@@ -71,6 +75,13 @@ class SenderLimit:
             entry[1] += 1
             self.suppressed_total += 1
             return False, 0
+        start, logged = self._window
+        if now - start >= self.period:
+            start, logged = now, 0
+        if logged >= self.overall:
+            self.suppressed_total += 1
+            return False, 0
+        self._window = (start, logged + 1)
         held = int(entry[1]) if entry is not None else 0
         if entry is not None:
             del self._seen[sender]  # re-inserted last: dicts keep insertion order
