@@ -275,3 +275,68 @@ def test_bad_frames_get_answers_or_are_dropped_and_serving_goes_on(short_tmp: Pa
     assert by_id[79].code == "bad_request"
     assert isinstance(by_id[80], HealthReply) and by_id[80].details["packets"] == 5
     assert stats["malformed"] == 4
+
+
+class WrongStore(EchoStore):
+    """Answers every MachineGet with another machine's record (a crossed reply)."""
+
+    def _serve(self) -> None:
+        ctx = zmq.Context()
+        sock = bus_server.request_socket(ctx)
+        bus_server.bind(sock, self.endpoint, "store")
+        self._ready.set()
+        while not self._stop.is_set():
+            if not sock.poll(50):
+                continue
+            incoming, _ = bus_server.decode(sock.recv_multipart(), self.stats)
+            if incoming is not None and isinstance(incoming.request, MachineGet):
+                other = MachineRecord(mac="02:00:00:00:00:99", name="someone-else")
+                sock.send_multipart(bus_server.encode(incoming, MachineReply(machine=other)))
+        sock.close(0)
+        ctx.term()
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_reply_about_another_machine_is_never_taken(short_tmp: Path, kind: str) -> None:
+    endpoint = f"ipc://{short_tmp / 'bus.sock'}"
+    with WrongStore(endpoint):
+        if kind == "async":
+            async def run() -> Counter[str]:
+                async with AsyncBusClient(endpoint, deadline=0.6) as client:
+                    with pytest.raises(BusTimeout):
+                        await client.call(MachineGet(mac="52:54:00:00:00:01"))
+                    return client.stats
+            stats = asyncio.run(run())
+        else:
+            with SyncBusClient(endpoint, deadline=0.6) as client:
+                with pytest.raises(BusTimeout):
+                    client.call(MachineGet(mac="52:54:00:00:00:01"))
+                stats = client.stats
+    assert stats["mismatched_replies"] >= 1
+
+
+def test_forked_workers_draw_their_own_request_ids(short_tmp: Path) -> None:
+    """gunicorn builds the app (and its bus client) once, then forks: the
+    workers must not send the same sequence of request ids."""
+    endpoint = f"ipc://{short_tmp / 'bus.sock'}"
+    with EchoStore(endpoint) as store, SyncBusClient(endpoint) as client:
+        client.call(MachineGet(mac="parent"))
+        read, write = os.pipe()
+        children = []
+        for n in range(2):
+            pid = os.fork()
+            if pid == 0:  # a worker: a few requests, then out without cleanup
+                try:
+                    for i in range(5):
+                        client.call(MachineGet(mac=f"child{n}-{i}"))
+                    os.write(write, b"k")
+                finally:
+                    os._exit(0)
+            children.append(pid)
+        for pid in children:
+            os.waitpid(pid, 0)
+        assert os.read(read, 2) == b"kk"
+        os.close(read)
+        os.close(write)
+    ids = list(store.copies)
+    assert len(ids) == 11 and len(set(ids)) == 11

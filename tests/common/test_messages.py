@@ -139,3 +139,22 @@ def test_unknown_fields_from_a_newer_peer_are_ignored() -> None:
 def test_request_id_is_carried_and_overridable() -> None:
     msg = m.Health()
     assert unpack(pack(msg, 42)).request_id == 42
+
+
+def test_a_reply_answers_only_the_request_it_is_about() -> None:
+    record = m.MachineRecord(mac="52:54:00:00:00:01", name="one")
+    assert m.answers(m.MachineGet(mac="52-54-00-00-00-01"), m.MachineReply(machine=record))
+    assert not m.answers(m.MachineGet(mac="52:54:00:00:00:02"), m.MachineReply(machine=record))
+    assert not m.answers(m.ContentStat(path="boot/x"), m.MachineReply(machine=record))
+    assert m.answers(m.MachineGet(mac="52:54:00:00:00:02"), m.ErrorReply(code="not_found"))
+    entry = m.ContentEntry(path="boot/debian/linux", is_dir=False)
+    assert m.answers(m.ContentStat(path="boot//debian/./linux"), m.ContentStatReply(entry=entry))
+    assert not m.answers(m.ContentStat(path="boot/debian/initrd.gz"),
+                         m.ContentStatReply(entry=entry))
+    grant = m.LeaseGrant(ip="192.0.2.9", state="bound", lease_time=60, expires=0.0,
+                         mac="52:54:00:00:00:01")
+    assert m.answers(m.LeaseCommit(mac="52:54:00:00:00:01", subnet="s", ip="192.0.2.9",
+                                   mode="select"), grant)
+    assert not m.answers(m.LeaseCommit(mac="52:54:00:00:00:01", subnet="s", ip="192.0.2.8",
+                                       mode="select"), grant)
+    assert not m.answers(m.LeaseOffer(mac="52:54:00:00:00:02", subnet="s"), grant)
