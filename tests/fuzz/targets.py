@@ -1,0 +1,390 @@
+"""Fuzz targets: what the network can send to dhcpd, tftpd and the bus.
+
+Each target takes the bytes of one datagram or frame. The codec's own
+error (MalformedPacket, TftpProtocolError, MalformedMessage) is the
+expected answer to garbage; a broken invariant that a user would notice
+raises AssertionError; any other exception that escapes is a bug.
+
+The seed corpus is real traffic (the captured DISCOVERs of the codec
+tests, crafted packets of the other exchanges, packed bus messages),
+written by :func:`write_seeds` rather than kept as binary files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import dataclasses
+import functools
+import struct
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from astralboot.common.bus import server as bus_server
+from astralboot.common.bus.frames import REPLY_LIMITS, REQUEST_LIMITS, Limits, pack, unpack
+from astralboot.common.bus.schema import Message
+from astralboot.common.bus.schema import Request as BusRequest
+from astralboot.common.errors import MalformedMessage
+from astralboot.common.messages import (
+    BootEvent,
+    ContentDataReply,
+    ContentRead,
+    ErrorReply,
+    EventListReply,
+    EventReport,
+    EventSubscribe,
+    Health,
+    HealthReply,
+    ImportedLease,
+    LeaseCommit,
+    LeaseGrant,
+    LeaseImport,
+    LeaseLookup,
+    LeaseOffer,
+    LeaseRecord,
+    LeaseReply,
+    MachineRecord,
+    MachineSet,
+)
+from astralboot.services.dhcpd import constants as c
+from astralboot.services.dhcpd.bootchain import BinaryCatalogue, BootChain
+from astralboot.services.dhcpd.events import ClientMessage, Discover, read_client_message
+from astralboot.services.dhcpd.packet import decode as decode_dhcp
+from astralboot.services.dhcpd.packet import encode as encode_dhcp
+from astralboot.services.dhcpd.policy import BROADCAST, Arrival, DhcpPolicy
+from astralboot.services.dhcpd.proxy import ProxyPolicy
+from astralboot.services.dhcpd.reader import MalformedPacket
+from astralboot.services.dhcpd.reply import Outgoing
+from astralboot.services.tftpd import packets as tftp
+
+# The dhcpd tests' helpers (fake store, config, captures) live in their folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dhcpd"))
+from dhcp_captures import (
+    DHCLIENT_DISCOVER,
+    EDK2_DISCOVER,
+    IPXE_DISCOVER,
+    UDHCPC_DISCOVER,
+)
+from dhcptest import (
+    RELAY,
+    RELAYED_NET,
+    SERVER,
+    FakeStore,
+    client_packet,
+    make_config,
+)
+
+Target = Callable[[bytes], None]
+
+POOL = "192.0.2.100-192.0.2.103"
+RELAYED_POOL = "198.18.1.0-198.18.1.3"
+CLIENT_IP = "192.0.2.100"  # the first address of the local pool
+UNICAST = Arrival(broadcast=False, source=(CLIENT_IP, c.CLIENT_PORT))
+PXE = Arrival(port=c.PXE_PORT, broadcast=False, source=(CLIENT_IP, c.PXE_PORT))
+
+
+# --- DHCP: the server's decoder, then both policies --------------------------
+
+class DhcpPolicies:
+    """The authoritative and the proxy policy, each over a fake store.
+
+    Every input is answered twice from a fresh store: once by a server that
+    has never seen the client, and once by one that knows the machine (with
+    an OS, so iPXE gets its boot script) and has just answered the client's
+    DISCOVER, so that REQUEST, DECLINE and RELEASE reach their lease paths.
+    One event loop serves every input (a new one per input costs more than
+    the policies).
+    """
+
+    def __init__(self) -> None:
+        # A small pool: every input starts from an empty store, and the fake
+        # lists the whole pool on each offer.
+        self.config = make_config(range=POOL, subnet=[{"network": RELAYED_NET,
+                                                       "range": RELAYED_POOL}])
+        self.proxy_config = make_config(proxy=True)
+        self.loop = asyncio.new_event_loop()
+
+    def close(self) -> None:
+        self.loop.close()
+
+    def exchange(self, msg: ClientMessage) -> tuple[list[tuple[ClientMessage, Outgoing]],
+                                                    list[BusRequest]]:
+        """Every reply either policy sends to ``msg``, and every store request made."""
+        return self.loop.run_until_complete(self._exchange(msg))
+
+    async def _exchange(self, msg: ClientMessage) -> tuple[
+            list[tuple[ClientMessage, Outgoing]], list[BusRequest]]:
+        replies: list[tuple[ClientMessage, Outgoing | None]] = []
+        calls: list[BusRequest] = []
+        for known in (False, True):
+            store = FakeStore(self.config)
+            dhcp = DhcpPolicy(config=self.config, store=store,
+                              boot=BootChain(self.config.http.public_url,
+                                             BinaryCatalogue(present={"snponly.efi": True})),
+                              report=_no_report, stats=Counter())
+            proxy = ProxyPolicy(config=self.proxy_config, store=store,
+                                boot=BootChain(self.proxy_config.http.public_url,
+                                               BinaryCatalogue(present={"ipxe.efi": False})),
+                                report=_no_report, stats=Counter())
+            if known:
+                store.machine(msg.mac, os="debian")
+                discover = Discover(**{f.name: getattr(msg, f.name)
+                                       for f in dataclasses.fields(msg)})
+                replies.append((discover, await dhcp.handle(discover)))
+            for arrival in (BROADCAST, UNICAST):
+                replies.append((msg, await dhcp.handle(msg, arrival)))
+            for arrival in (BROADCAST, PXE):
+                replies.append((msg, await proxy.handle(msg, arrival)))
+            calls.extend(store.calls)
+        return [(m, out) for m, out in replies if out is not None], calls
+
+
+def _no_report(stage: str, mac: str, ip: str | None, detail: str) -> None:
+    return None
+
+
+@functools.cache
+def dhcp_policies() -> DhcpPolicies:
+    policies = DhcpPolicies()
+    atexit.register(policies.close)
+    return policies
+
+
+def check_reply(msg: ClientMessage, out: Outgoing) -> None:
+    """What a client (or its relay) checks of a reply before it takes it."""
+    try:
+        reply = decode_dhcp(out.payload)
+    except MalformedPacket as exc:
+        raise AssertionError(f"reply to {msg.name} does not decode: {exc}") from exc
+    assert len(out.payload) <= msg.max_size, (
+        f"{len(out.payload)}-byte reply to {msg.name}, client takes {msg.max_size}")
+    assert reply.op == c.BOOTREPLY, f"reply op {reply.op}"
+    assert reply.options.get(c.OPT_MESSAGE_TYPE) == bytes((out.message_type,)), (
+        f"reply type {reply.options.get(c.OPT_MESSAGE_TYPE)!r}, sent as {out.message_type}")
+    assert reply.xid == msg.xid, f"reply xid {reply.xid:08x}, request {msg.xid:08x}"
+    assert reply.chaddr == msg.chaddr, (
+        f"reply chaddr {reply.chaddr.hex()}, request {msg.chaddr.hex()}")
+    # Option 82 goes back to the relay that added it, unchanged; a client's
+    # own (giaddr 0) is never echoed (RFC 3046 2.2).
+    echoed = reply.options.get(c.OPT_RELAY_AGENT)
+    expected = msg.relay_info if msg.relayed else None
+    assert echoed == expected, (
+        f"option 82 {echoed!r} in a reply to giaddr {msg.giaddr} with option 82 "
+        f"{msg.relay_info!r}")
+
+
+def check_store_request(request: BusRequest) -> None:
+    """What the policy asked the store can cross the bus to the real one."""
+    try:
+        again = unpack(pack(request), REQUEST_LIMITS)
+    except MalformedMessage as exc:
+        raise AssertionError(f"{request!r} is refused by the store's decoder: {exc}") from exc
+    assert again == request, f"{request!r} arrives as {again!r}"
+
+
+def dhcp_server(data: bytes) -> None:
+    """A datagram on port 67 or 4011, through the decoder and both policies."""
+    try:
+        msg = read_client_message(data)
+    except MalformedPacket:
+        return
+    replies, calls = dhcp_policies().exchange(msg)
+    for request, out in replies:
+        check_reply(request, out)
+    for call in calls:
+        check_store_request(call)
+
+
+# --- TFTP --------------------------------------------------------------------
+
+def tftp_packet(data: bytes) -> None:
+    """A datagram to tftpd: decodes or raises TftpProtocolError, and round-trips."""
+    try:
+        packet = tftp.decode(data)
+    except tftp.TftpProtocolError:
+        assert tftp.ack_block(data) is None, f"ack_block reads {data[:4].hex()} as an ACK"
+        return
+    block = tftp.ack_block(data)
+    assert block is None or packet == tftp.Ack(block), (
+        f"ack_block reads block {block}, decode reads {packet!r}")
+    wire = tftp.encode(packet)
+    again = tftp.decode(wire)
+    assert again == packet, f"{packet!r} re-encodes as {wire.hex()}, read back as {again!r}"
+
+
+# --- bus ---------------------------------------------------------------------
+
+def _same(a: Message, b: Message) -> bool:
+    # NaN is a valid float on the wire and never equal to itself.
+    return a == b or repr(a) == repr(b)
+
+
+def _bus_frame(data: bytes, limits: Limits) -> None:
+    try:
+        msg = unpack(data, limits)
+    except MalformedMessage:
+        msg = None
+    if msg is not None:
+        packed = pack(msg)
+        try:
+            again = unpack(packed, limits)
+        except MalformedMessage as exc:
+            raise AssertionError(f"{msg!r} packs to a frame its side refuses: {exc}") from exc
+        assert _same(again, msg), f"{msg!r} packs and unpacks as {again!r}"
+    # The store's receive loop: a bad frame is answered or dropped, never raised.
+    incoming, answer = bus_server.decode([b"peer", data], Counter())
+    assert incoming is None or answer is None
+    if answer is not None:
+        assert answer[:-1] == [b"peer"], f"answer routed to {answer[:-1]!r}"
+        error = unpack(answer[-1], REPLY_LIMITS)
+        assert isinstance(error, ErrorReply), f"bad frame answered with {error!r}"
+
+
+def bus_request(data: bytes) -> None:
+    """A frame from any bus peer to the store (request limits)."""
+    _bus_frame(data, REQUEST_LIMITS)
+
+
+def bus_reply(data: bytes) -> None:
+    """A frame from the store to a front end (reply limits)."""
+    _bus_frame(data, REPLY_LIMITS)
+
+
+TARGETS: dict[str, Target] = {
+    "dhcp_server": dhcp_server,
+    "tftp_packet": tftp_packet,
+    "bus_request": bus_request,
+    "bus_reply": bus_reply,
+}
+
+
+# --- seed corpus -------------------------------------------------------------
+
+RELAY_INFO = bytes.fromhex("0106657468302f31")  # circuit id "eth0/1"
+PXE_X64 = b"PXEClient:Arch:00007:UNDI:003000"
+
+
+def _packet(message_type: int, **kw: object) -> bytes:
+    return encode_dhcp(client_packet(message_type, **kw))  # type: ignore[arg-type]
+
+
+def dhcp_seeds() -> dict[str, bytes]:
+    return {
+        "udhcpc-discover": UDHCPC_DISCOVER,
+        "dhclient-discover": DHCLIENT_DISCOVER,
+        "ipxe-discover": IPXE_DISCOVER,
+        "edk2-discover": EDK2_DISCOVER,
+        "selecting-request": _packet(c.DHCPREQUEST, server_id=SERVER, requested=CLIENT_IP),
+        "init-reboot-request": _packet(c.DHCPREQUEST, requested=CLIENT_IP),
+        "renewing-request": _packet(c.DHCPREQUEST, ciaddr=CLIENT_IP),
+        "relayed-discover": _packet(c.DHCPDISCOVER, giaddr=RELAY, arch=7, vendor=PXE_X64,
+                                    extra={c.OPT_RELAY_AGENT: RELAY_INFO}),
+        # Option 82 from a client itself (giaddr 0): never echoed.
+        "client-option-82": _packet(c.DHCPDISCOVER, extra={c.OPT_RELAY_AGENT: RELAY_INFO}),
+        "relayed-request": _packet(c.DHCPREQUEST, giaddr=RELAY, server_id=SERVER,
+                                   requested="198.18.1.0",
+                                   extra={c.OPT_RELAY_AGENT: RELAY_INFO}),
+        "pxe-request": _packet(c.DHCPREQUEST, ciaddr=CLIENT_IP, arch=7, vendor=PXE_X64,
+                               extra={c.OPT_CLIENT_UUID: bytes(17)}),
+        "http-boot-discover": _packet(c.DHCPDISCOVER, arch=16,
+                                      vendor=b"HTTPClient:Arch:00016:UNDI:003001"),
+        "ipxe-request": _packet(c.DHCPREQUEST, server_id=SERVER, requested=CLIENT_IP,
+                                user_class=b"iPXE", extra={c.OPT_IPXE: b"\xb1\x05\x01\x80\x86"
+                                                           b"\x10\x0e"}),
+        "decline": _packet(c.DHCPDECLINE, server_id=SERVER, requested=CLIENT_IP),
+        "release": _packet(c.DHCPRELEASE, server_id=SERVER, ciaddr=CLIENT_IP),
+        "inform": _packet(c.DHCPINFORM, ciaddr=CLIENT_IP),
+        # Near the size limits: a relay's longest option 82 leaves too little
+        # room for every option asked for, so the reply drops some; a UUID too
+        # long to echo leaves the proxy no reply that fits.
+        "relayed-discover-long-82": _packet(c.DHCPDISCOVER, giaddr=RELAY, arch=16,
+                                            vendor=b"HTTPClient:Arch:00016:UNDI:003001",
+                                            extra={c.OPT_RELAY_AGENT: b"\x01\xfd" + b"r" * 253}),
+        "pxe-discover-long-uuid": _packet(c.DHCPDISCOVER, arch=7, vendor=PXE_X64,
+                                          extra={c.OPT_CLIENT_UUID: b"\x00" + b"u" * 399}),
+        "max-size-1500": _packet(c.DHCPDISCOVER, params=bytes(range(1, 100)),
+                                 extra={c.OPT_MAX_MESSAGE_SIZE: struct.pack("!H", 1500)}),
+        # Too long for the options area of 576 bytes: overloaded into file and sname.
+        "overloaded-discover": encode_dhcp(
+            client_packet(c.DHCPDISCOVER, extra={c.OPT_HOST_NAME: b"n" * 300,
+                                                 c.OPT_CLIENT_ID: b"\x01" + b"c" * 40}),
+            max_size=c.DEFAULT_MAX_MESSAGE - c.IP_UDP_OVERHEAD),
+    }
+
+
+def _rrq(name: bytes, mode: bytes, *options: bytes) -> bytes:
+    return b"\x00\x01" + b"".join(p + b"\0" for p in (name, mode, *options))
+
+
+def tftp_seeds() -> dict[str, bytes]:
+    return {
+        "rrq-bios": _rrq(b"undionly.kpxe", b"octet"),
+        "rrq-uefi-options": _rrq(b"snponly.efi", b"octet", b"tsize", b"0", b"blksize", b"1468"),
+        "rrq-windowsize": _rrq(b"ipxe.efi", b"octet", b"blksize", b"1468", b"windowsize", b"16",
+                               b"timeout", b"1"),
+        "rrq-netascii-padded": _rrq(b"pxelinux.cfg/default", b"NETASCII", b"tsize", b"0")
+        + bytes(8),
+        "wrq": b"\x00\x02x\0octet\0",
+        "data": b"\x00\x03\x00\x01hello",
+        "ack": b"\x00\x04\x01\x02",
+        "error": b"\x00\x05\x00\x08option refused\0",
+        "oack": b"\x00\x06blksize\x001468\0tsize\x00123\0",
+    }
+
+
+def bus_seeds() -> dict[str, bytes]:
+    mac = "52:54:00:12:34:56"
+    lease = LeaseRecord(ip=CLIENT_IP, mac=mac, subnet="192.0.2.0/24", state="bound",
+                        expires=1.7e9, lease_time=3600, client_id=b"\x01RT\x00\x124V",
+                        hostname="node1")
+    machine = MachineRecord(mac=mac, name="node1", os="debian", labels={"rack": "a1"})
+    event = BootEvent(time=1.7e9, mac=mac, service="dhcpd", stage="dhcp.ack", ip=CLIENT_IP,
+                      detail="select snponly.efi", id=42)
+    messages: dict[str, Message] = {
+        "lease-offer": LeaseOffer(mac=mac, subnet="192.0.2.0/24", client_id=b"\x01abc",
+                                  requested_ip=CLIENT_IP, hostname="node1", report=True,
+                                  detail="snponly.efi", request_id=7),
+        "lease-commit": LeaseCommit(mac=mac, subnet="192.0.2.0/24", ip=CLIENT_IP, mode="select",
+                                    report=True, request_id=8),
+        "lease-lookup": LeaseLookup(ip=CLIENT_IP, request_id=9),
+        "lease-import": LeaseImport(entries=(ImportedLease(ip=CLIENT_IP, mac=mac, active=True,
+                                                           os="debian", created=1.5e9),),
+                                    request_id=10),
+        "machine-set": MachineSet(mac=mac, os="debian", labels={"rack": "a1"}, boot_once=True,
+                                  clear=("machine_class",), request_id=11),
+        "event-report": EventReport(event=event, request_id=12),
+        "event-subscribe": EventSubscribe(topics=("52:54:00", ""), request_id=13),
+        "content-read": ContentRead(digest="ab" * 32, offset=4096, length=65536, request_id=14),
+        "health": Health(request_id=15),
+        "lease-grant": LeaseGrant(ip=CLIENT_IP, state="offered", lease_time=3600, expires=1.7e9,
+                                  name="node1", os="debian", mac=mac, request_id=7),
+        "lease-reply": LeaseReply(lease=lease, machine=machine, request_id=9),
+        "error": ErrorReply(code="not_found", detail="no lease", request_id=9),
+        "health-reply": HealthReply(service="dhcpd", version="0.2.0", pid=4242, host="boot",
+                                    started=1.7e9, details={"offers": 12, "up": True,
+                                                            "load": 0.5, "mode": "proxy"},
+                                    request_id=15),
+        "content-data": ContentDataReply(digest="ab" * 32, offset=0, size=3, data=b"abc",
+                                         request_id=14),
+        "events": EventListReply(events=(event, event), request_id=16),
+    }
+    return {name: pack(msg) for name, msg in messages.items()}
+
+
+SEEDS: dict[str, Callable[[], dict[str, bytes]]] = {
+    "dhcp_server": dhcp_seeds,
+    "tftp_packet": tftp_seeds,
+    "bus_request": bus_seeds,
+    "bus_reply": bus_seeds,
+}
+
+
+def write_seeds(target: str, folder: Path) -> int:
+    """Write ``target``'s seed corpus into ``folder``, one file per packet."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = SEEDS[target]()
+    for name, data in seeds.items():
+        (folder / f"seed-{name}").write_bytes(data)
+    return len(seeds)
