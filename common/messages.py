@@ -87,6 +87,18 @@ class ImportedLease(Record):
     created: float | None = None
 
 
+TokenScope = Literal["read", "write"]
+
+
+@record
+class TokenInfo(Record):
+    """An admin API token as the store keeps it: never the secret, only its name and scope."""
+
+    name: str
+    scope: TokenScope
+    created: float = 0.0
+
+
 # --- replies -----------------------------------------------------------------
 
 
@@ -158,6 +170,16 @@ class ImportReply(Reply):
     machines: int = 0
     reserved: int = 0
     skipped: int = 0
+
+
+@message("ok.token")
+class TokenReply(Reply):
+    token: TokenInfo
+
+
+@message("ok.tokens")
+class TokenListReply(Reply):
+    tokens: tuple[TokenInfo, ...] = ()
 
 
 @message("ok.content.entry")
@@ -323,6 +345,7 @@ class MachineSet(Request):
     labels: dict[str, str] | None = None
     boot_once: bool | None = None
     clear: tuple[str, ...] = ()
+    actor: str | None = None  # who asked (an admin token's name, the machine's menu): audit
 
     def __post_init__(self) -> None:
         for name in self.clear:
@@ -333,6 +356,39 @@ class MachineSet(Request):
 @message("machine.list")
 class MachineList(Request):
     os: str | None = None
+
+
+# --- admin tokens ------------------------------------------------------------
+#
+# The secret itself never travels: whoever makes a token (the CLI, init)
+# draws it and sends its SHA-256; httpd sends the SHA-256 of the bearer it
+# was shown. See common/tokens.py.
+
+
+@message("token.create")
+class TokenCreate(Request):
+    """Record a new token → TokenReply; ``conflict`` if the name is taken."""
+
+    name: str
+    scope: TokenScope
+    digest: str  # hex SHA-256 of the secret
+
+
+@message("token.revoke")
+class TokenRevoke(Request):
+    name: str
+
+
+@message("token.list")
+class TokenList(Request):
+    pass
+
+
+@message("token.check")
+class TokenCheck(Request):
+    """Which token has this digest → TokenReply, or ``not_found``."""
+
+    digest: str
 
 
 # --- content requests --------------------------------------------------------
@@ -439,6 +495,10 @@ _ANSWERS: dict[type, tuple[type, Callable[[Any, Any], bool] | None]] = {
     ContentList: (ContentListReply, lambda q, r: _path_key(r.path) == _path_key(q.path)),
     ContentRead: (ContentDataReply, lambda q, r: r.digest == q.digest and r.offset == q.offset),
     EventList: (EventListReply, None),
+    TokenCreate: (TokenReply, lambda q, r: r.token.name == q.name),
+    TokenRevoke: (Done, None),
+    TokenList: (TokenListReply, None),
+    TokenCheck: (TokenReply, None),
     EventSubscribe: (SubscribeReply, lambda q, r: r.topics == q.topics),
     Health: (HealthReply, None),
 }

@@ -65,3 +65,17 @@ def label_problem(labels: dict[str, str]) -> str | None:
         if len(value) > LABEL_VALUE_MAX or _CONTROL.search(value):
             return f"label {key}: value too long or with control characters"
     return None
+
+
+def printable(text: str | None) -> str:
+    """``text`` for a terminal: control characters shown escaped (``\\x1b``), never run.
+
+    What a client chose (a host name, an event's detail) may hold escape
+    sequences that would repaint an operator's terminal.
+    """
+    if text is None:
+        return "-"
+    return _CONTROL_ANY.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+_CONTROL_ANY = re.compile(r"[\x00-\x1f\x7f-\x9f]")

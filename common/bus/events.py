@@ -30,11 +30,14 @@ TFTP_FAILED = "tftp.failed"
 HTTP_SCRIPT = "http.script"
 HTTP_IMAGE = "http.image"
 HTTP_TEMPLATE = "http.template"
+HTTP_REFUSED = "http.refused"  # a self-service URL asked from another machine's address
 MACHINE_CHANGED = "machine.changed"
 POOL_PRESSURE = "pool.pressure"  # a pool ran out, or unbound offers hit their cap
+TOKEN_CREATED = "token.created"  # admin audit: no machine, so the MAC is ""
+TOKEN_REVOKED = "token.revoked"
 
 STAGES = (DHCP_OFFER, DHCP_ACK, DHCP_NAK, DHCP_RELEASE, DHCP_DECLINE, TFTP_SENT,
-          TFTP_FAILED, HTTP_SCRIPT, HTTP_IMAGE, HTTP_TEMPLATE, MACHINE_CHANGED, POOL_PRESSURE)
+          TFTP_FAILED, HTTP_SCRIPT, HTTP_IMAGE, HTTP_TEMPLATE, HTTP_REFUSED, MACHINE_CHANGED, POOL_PRESSURE, TOKEN_CREATED, TOKEN_REVOKED)
 
 
 def boot_event(service: str, stage: str, mac: str, ip: str | None = None,

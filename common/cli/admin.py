@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import datetime as dt
 import json
 import sys
@@ -17,6 +18,7 @@ from ..errors import ConfigError
 from ..messages import (ImportedLease, ImportReply, LeaseImport, LeaseList, LeaseListReply,
                         MachineGet, MachineList, MachineListReply, MachineRecord, MachineReply,
                         MachineSet)
+from ..names import printable
 from .options import add_common_options
 
 
@@ -121,7 +123,7 @@ def cmd_leases(args: argparse.Namespace) -> int:
     print(f"{'ADDRESS':15}  {'MAC':17}  {'STATE':8}  {'EXPIRES':19}  HOSTNAME")
     for lease in reply.leases:
         print(f"{lease.ip:15}  {lease.mac:17}  {lease.state:8}  {_when(lease.expires):19}  "
-              f"{lease.hostname or '-'}")
+              f"{printable(lease.hostname)}")
     return 0
 
 
@@ -167,7 +169,7 @@ def _print_machine(m: MachineRecord, as_json: bool) -> None:
                        ("class", m.machine_class or "-"), ("address", m.ip or "-"),
                        ("labels", labels), ("boot once", "yes" if m.boot_once else "no"),
                        ("first seen", _when(m.first_seen)), ("last seen", _when(m.last_seen))):
-        print(f"{key:11} {value}")
+        print(f"{key:11} {printable(value)}")
 
 
 def cmd_machines(args: argparse.Namespace) -> int:
@@ -180,7 +182,8 @@ def cmd_machines(args: argparse.Namespace) -> int:
                 return 0
             print(f"{'MAC':17}  {'NAME':16}  {'OS':10}  {'CLASS':10}  {'ADDRESS':15}  LAST SEEN")
             for m in reply.machines:
-                print(f"{m.mac:17}  {m.name:16}  {m.os or '-':10}  {m.machine_class or '-':10}  "
+                print(f"{m.mac:17}  {printable(m.name):16}  {m.os or '-':10}  "
+                      f"{m.machine_class or '-':10}  "
                       f"{m.ip or '-':15}  {_when(m.last_seen)}")
             return 0
         mac = _mac_arg(args.mac)
@@ -220,4 +223,5 @@ def _machine_set(args: argparse.Namespace, mac: str) -> MachineSet:
         print(f"astralboot machines: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     return MachineSet(mac=mac, os=args.os, machine_class=args.machine_class, name=args.name,
-                      labels=labels, boot_once=args.boot_once, clear=tuple(args.clear))
+                      labels=labels, boot_once=args.boot_once, clear=tuple(args.clear),
+                      actor=f"cli:{getpass.getuser()}")

@@ -108,7 +108,8 @@ def _run(args: argparse.Namespace, firmware: str, mac: str, work: Path) -> int:
         _say(f"  network: namespace {lab.server.name}, bridge {lab.bridge} at "
              f"{lab.server_address}/{lab.prefix}, guest on {tap}")
         config_path = write_config(work, interface=lab.bridge, address=lab.server_address,
-                                   data=data, extra={"menu.timeout": 3, "log_level": "info"})
+                                   data=data, extra={"menu.timeout": 3, "menu.default": "debian",
+                                                     "log_level": "info"})
         config = load(config_path)
         started = time.monotonic()
         with ServeProcess(config, lab.server, work / "serve.log") as serve:

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "events": "astralboot.common.cli.status:cmd_events",
     "leases": "astralboot.common.cli.admin:cmd_leases",
     "machines": "astralboot.common.cli.admin:cmd_machines",
+    "token": "astralboot.common.cli.tokens:cmd_token",
     "publish": "astralboot.common.cli.content:cmd_publish",
     "precache": "astralboot.common.cli.content:cmd_precache",
     "fetch": "astralboot.common.cli.fetch:cmd_fetch",
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_common_options(p)
         return p
 
-    from . import admin, content, demo, fetch, setup, status, supervise  # argument definitions only
+    from . import (admin, content, demo, fetch, setup, status,  # argument definitions only
+                   supervise, tokens)
     setup.add_init_arguments(add("init", "write config.toml, by questions or by flags"))
     setup.add_config_arguments(add("config", "show the effective configuration"))
     supervise.add_arguments(add("serve", "run all four services in the foreground"))
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_events_arguments(add("events", "list or follow boot events"))
     admin.add_leases_arguments(add("leases", "list or import leases"))
     admin.add_machines_arguments(add("machines", "list, show or change machines"))
+    tokens.add_arguments(add("token", "make, list or revoke admin API tokens"))
     content.add_publish_arguments(add("publish", "add the data folder to IPFS, write refs.toml"))
     content.add_precache_arguments(add("precache", "fetch everything under the IPFS root"))
     fetch.add_fetch_arguments(add("fetch", "download an OS's images from upstream"))

@@ -17,11 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from .. import netif
+from .. import netif, tokens
 from ..config import load, render, render_settings
-from ..config.load import default_range, p_multiaddr, p_range, resolve_database
+from ..config.load import (default_range, p_multiaddr, p_os_name, p_password_hash, p_range,
+                           resolve_database)
 from ..datafolder import create as create_data_folder
-from ..errors import ConfigError
+from ..errors import ConfigError, StartupError
+from ..passwords import new_password, sha512_crypt
 
 WARNING_ONE_INTERFACE = """
   !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -59,6 +61,14 @@ def add_init_arguments(p: argparse.ArgumentParser) -> None:
                    help="proxyDHCP: give boot information only, no addresses")
     p.add_argument("--no-data", action="store_true",
                    help="do not create or fill the data folder")
+    p.add_argument("--menu-default", metavar="OS|local",
+                   help="what a machine nobody assigned boots after the menu: 'local' (its "
+                        "own disk, the default) or an OS folder, which INSTALLS it unattended")
+    p.add_argument("--password-hash", metavar="HASH",
+                   help="crypt(3) hash for installed systems' user (default: a random "
+                        "password, printed once)")
+    p.add_argument("--no-token", action="store_true",
+                   help="do not make the first admin API token (admin.token)")
 
 
 class Asker:
@@ -167,6 +177,18 @@ def _interactive(args: argparse.Namespace, asker: Asker) -> None:
         args.dns = asker.ask("DNS server(s) for clients", args.address, _ips)
     if args.gateway is None:
         args.gateway = asker.ask("Gateway (router) for clients", args.address, _ip)
+    if args.menu_default is None:
+        asker.say("\nA machine nobody has assigned an OS boots the menu. After its timeout it "
+                  "takes the default:\n'local' boots its own disk; an OS folder name (e.g. "
+                  "debian) INSTALLS that OS\nunattended, wiping the disk of any machine that "
+                  "network-boots here by accident.")
+        args.menu_default = asker.ask("Menu default", "local", _menu_default)
+
+
+def _menu_default(v: str) -> str:
+    if v in ("local", "shell"):
+        return v
+    return p_os_name(v)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,6 +207,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "ipfs.enabled": args.ipfs if args.ipfs is not None else None,
         "ipfs.api": args.ipfs_api,
         "store.database": args.db,
+        "menu.default": args.menu_default,
+        "install.password_hash": args.password_hash,
     }
 
 
@@ -203,6 +227,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError(path, "interface", "--interface is required with --non-interactive")
     if args.db:
         resolve_database(path.parent, args.db)  # fail before writing anything
+    if args.menu_default is not None:
+        args.menu_default = _flag(path, "menu.default", _menu_default, args.menu_default)
+    password = None
+    if args.password_hash is None:
+        password = new_password()
+        args.password_hash = sha512_crypt(password)
+    args.password_hash = _flag(path, "install.password_hash", p_password_hash,
+                               args.password_hash)
 
     text = render_settings(_settings(args))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +248,13 @@ def cmd_init(args: argparse.Namespace) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     print(f"wrote {path}")
+    if password is not None:
+        print(f"installed systems' user password (shown only now; its hash is in the config): "
+              f"{password}")
+    if config.menu.default not in ("local", "shell"):
+        print(f"menu default: {config.menu.default}: a machine nobody assigned INSTALLS it")
+    if not args.no_token:
+        _first_token(config)
     if not args.no_data:
         # The temporary file sat beside the final one, so its paths are the final ones.
         for line in create_data_folder(config.data):
@@ -226,6 +265,39 @@ def cmd_init(args: argparse.Namespace) -> int:
               "and writes it")
     print(f"next: astralboot serve -c {path}")
     return 0
+
+
+def _flag(path: Path, key: str, check: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ConfigError(path, key, str(exc)) from None
+
+
+def _first_token(config: Any) -> None:
+    """The first admin API token, kept as admin.token beside the config (mode 0600).
+
+    Written straight into the database: the store is not running yet.
+    """
+    from astralboot.services.store.server import add_token, open_database
+    secret = tokens.new_secret()
+    try:
+        database = open_database(config)
+    except StartupError as exc:
+        print(f"admin token: not made ({exc.reason}); once the store runs: "
+              "astralboot token create admin --save")
+        return
+    try:
+        if not add_token(database, "admin", "write", tokens.digest(secret)):
+            print("admin token: the database already has one named admin; kept it "
+                  "(astralboot token list)")
+            return
+    finally:
+        database.close()
+    path = tokens.token_path(config.folder)
+    tokens.save(path, secret)
+    print(f"admin API token 'admin' (write): {path} (curl -H \"Authorization: Bearer "
+          f"$(cat {path})\" ...)")
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ import time
 
 from ..bus.client import SyncBusClient
 from ..bus.events import EventSubscriber
+from ..names import printable
 from ..config import SERVICES, load, normalise_mac
 from ..health import ServiceHealth, check_all
 from ..messages import BootEvent, EventList, EventListReply
@@ -67,7 +68,8 @@ def add_events_arguments(p: argparse.ArgumentParser) -> None:
 
 def format_event(e: BootEvent) -> str:
     when = dt.datetime.fromtimestamp(e.time).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    return f"{when}  {e.mac}  {e.ip or '-':15}  {e.service:6} {e.stage:14} {e.detail}"
+    return (f"{when}  {e.mac}  {e.ip or '-':15}  {printable(e.service):6} "
+            f"{printable(e.stage):14} {printable(e.detail)}")
 
 
 def cmd_events(args: argparse.Namespace) -> int:

@@ -21,8 +21,8 @@ from typing import Any, Callable, TypeVar
 from .. import netif
 from ..errors import ConfigError, ConfigErrors
 from ..names import MACHINE_NAME
-from .model import (BusConfig, Config, DhcpConfig, HttpConfig, IpfsConfig, MenuConfig,
-                    ReservationConfig, StoreConfig, SubnetConfig, TftpConfig)
+from .model import (BusConfig, Config, DhcpConfig, HttpConfig, InstallConfig, IpfsConfig,
+                    MenuConfig, ReservationConfig, StoreConfig, SubnetConfig, TftpConfig)
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -397,6 +397,7 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
     tftp = _tftp(top.table("tftp"))
     http = _http(top.table("http"), address)
     menu = _menu(top.table("menu"))
+    install = _install(top.table("install"))
     ipfs_table = top.table("ipfs")
     store = _store(top.table("store"), base, data)
     bus = _bus(top.table("bus"), base, runtime_dir)
@@ -410,7 +411,7 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
     return Config(path=file, refs_path=refs_path, interface=interface, address=address,
                   network=network, gateway=gateway, dns=dns, domain=domain, data=data,
                   runtime_dir=runtime_dir, log_level=log_level, dhcp=dhcp, tftp=tftp,
-                  http=http, menu=menu, ipfs=ipfs, store=store, bus=bus, derived=derived,
+                  http=http, menu=menu, install=install, ipfs=ipfs, store=store, bus=bus, derived=derived,
                   warnings=tuple(warnings))
 
 
@@ -538,14 +539,34 @@ def _http(t: Table, address: IPv4Address) -> HttpConfig:
         header_timeout=t.get("header_timeout", p_seconds(1, 600), 10.0),
         body_timeout=t.get("body_timeout", p_seconds(1, 3600), 30.0),
         per_client=t.get("per_client", p_int_between(1, 100_000), 64),
+        self_service=t.get("self_service", p_bool, True),
     )
+    t.finish()
+    return cfg
+
+
+_CRYPT = re.compile(r"\$(1|5|6|y|2[aby])\$[./A-Za-z0-9$=,]{8,200}")
+
+
+def p_password_hash(v: Any) -> str:
+    text = p_str(v)
+    if not _CRYPT.fullmatch(text):
+        raise ValueError("not a crypt(3) hash like $6$salt$...; make one with "
+                         "`mkpasswd -m sha-512` or let `astralboot init` do it")
+    return text
+
+
+def _install(t: Table) -> InstallConfig:
+    cfg = InstallConfig(password_hash=t.get("password_hash", p_password_hash, None))
     t.finish()
     return cfg
 
 
 def _menu(t: Table) -> MenuConfig:
     cfg = MenuConfig(
-        default=t.get("default", lambda v: p_os_name(v) if v else "", "debian"),
+        # Nothing installs unless someone decided it: an unassigned machine
+        # boots its own disk after the menu unless the operator names an OS.
+        default=t.get("default", lambda v: p_os_name(v) if v else "", "local"),
         timeout=int(t.get("timeout", p_seconds(0, 3600), 10)),
     )
     t.finish()
@@ -620,7 +641,7 @@ def _all_keys() -> set[str]:
         "tftp.per_client", "tftp.timeout", "tftp.retries", "tftp.memory_cache", "tftp.memory_max",
         "http.port",
         "http.bind", "http.workers", "http.threads", "http.public_url", "http.header_timeout",
-        "http.body_timeout", "http.per_client", "menu.default",
+        "http.body_timeout", "http.per_client", "http.self_service", "menu.default", "install.password_hash",
         "menu.timeout", "ipfs.enabled", "ipfs.api", "ipfs.timeout", "store.database",
         "store.cache", "store.cache_max", "bus.endpoint", "bus.events", "bus.deadline",
     }

@@ -82,12 +82,20 @@ class HttpConfig:
     header_timeout: float = 10.0  # seconds to send a whole request head
     body_timeout: float = 30.0    # seconds a served client may send or take nothing
     per_client: int = 64          # open connections per client address, per worker process
+    self_service: bool = True     # /choose/<os>/<mac>, /setclass/...: from that machine only
 
 
 @dataclass(frozen=True, slots=True)
 class MenuConfig:
     default: str
     timeout: int  # seconds before the default entry is taken; 0 waits forever
+
+
+@dataclass(frozen=True, slots=True)
+class InstallConfig:
+    # crypt(3) hash of the password installed systems give their user; None:
+    # the account is locked (templates get "!"), never a password shipped with us
+    password_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +144,7 @@ class Config:
     ipfs: IpfsConfig
     store: StoreConfig
     bus: BusConfig
+    install: InstallConfig = InstallConfig()
     derived: frozenset[str] = field(default_factory=frozenset)  # keys not set in the file
     warnings: tuple[str, ...] = ()
 

@@ -97,10 +97,13 @@ def render(config: Config, *, annotate: bool = True) -> str:
         ("port", h.port), ("bind", h.bind), ("workers", h.workers), ("threads", h.threads),
         ("public_url", h.public_url), ("header_timeout", h.header_timeout),
         ("body_timeout", h.body_timeout), ("per_client", h.per_client),
+        ("self_service", h.self_service),
     ], "http.", d)
 
     m = config.menu
     out += ["", "[menu]"] + _lines([("default", m.default), ("timeout", m.timeout)], "menu.", d)
+    out += ["", "[install]"] + _lines([("password_hash", config.install.password_hash)],
+                                      "install.", d)
 
     i = config.ipfs
     out += ["", "[ipfs]"] + _lines([

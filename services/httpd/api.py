@@ -25,6 +25,7 @@ from ...common.config import Config
 from ...common.errors import AstralBootError
 from ...common.messages import MACHINE_FIELDS, MachineRecord, MachineSet
 from . import boot
+from .auth import with_actor
 from .catalog import Catalog, Directory
 from .store import StoreClient
 
@@ -95,7 +96,7 @@ class MachineResource:
         if not isinstance(body, dict):
             raise _bad("the body must be a JSON object")
         current = self.directory.store.machine(mac)
-        change = self.validate(mac, body, current, replace)
+        change = with_actor(self.validate(mac, body, current, replace), req)
         record = self.directory.set(change)
         resp.media = machine_json(record)
 

@@ -18,6 +18,7 @@ from ...common.bus.events import HTTP_IMAGE
 from ...common.config import Config
 from ...common.errors import AstralBootError, BusTimeout, ErrorCode, RemoteError
 from . import actions, api, boot, images, menus
+from .auth import AdminAuth
 from .catalog import Catalog, Directory
 from .metrics import Metrics, MetricsMiddleware, MetricsResource
 from .reporting import Reporter
@@ -103,12 +104,14 @@ def create_app(store: StoreClient, config: Config, *, metrics: Metrics | None = 
     directory = directory or Directory(store)
     reporter = Reporter(store, directory.mac_for_ip, metrics.stage)
 
-    app = HttpdApp(middleware=[MetricsMiddleware(metrics, ROUTES)])
+    admin = frozenset(route for route, label in ROUTES.items() if label in ("api", "metrics"))
+    app = HttpdApp(middleware=[MetricsMiddleware(metrics, ROUTES), AdminAuth(store, admin)])
     app.req_options.strip_url_path_trailing_slash = False
     app.reporter, app.catalog, app.directory, app.metrics = reporter, catalog, directory, metrics
 
     maker = menus.ScriptMaker(config, catalog, directory)
-    assign = menus.AssignResource(catalog, directory, maker, reporter)
+    assign = menus.AssignResource(catalog, directory, maker, reporter,
+                                  enabled=config.http.self_service)
     app.add_route("/choose", menus.ChooseResource(config, catalog, reporter))
     app.add_route("/choose/{os}/{mac}", assign)
     app.add_route("/class/{os}/{mac}", menus.ClassMenuResource(config, catalog, reporter))

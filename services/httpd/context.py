@@ -115,6 +115,9 @@ def config_view(config: Config) -> dict[str, Any]:
     }
 
 
+LOCKED = "!"  # a crypt field no password matches
+
+
 def template_context(config: Config, os_name: str, *, mac: str | None, ip: str | None,
                      machine: MachineRecord | None, lease: LeaseRecord | None = None,
                      cluster: dict[str, MachineGroup] | None = None) -> dict[str, Any]:
@@ -136,6 +139,8 @@ def template_context(config: Config, os_name: str, *, mac: str | None, ip: str |
         "domain": config.domain,
         "image_url": f"{url}/image/{os_name}", "action_url": f"{url}/action/{os_name}",
         "config_url": f"{url}/config/{os_name}",
+        # The site's own (astralboot init makes it); "!" locks the account.
+        "password_hash": config.install.password_hash or LOCKED,
     }
     # The original's names, for templates carried over from it.
     old_lease = ctx["lease"] or {"IP": client_ip or "", "MAC": mac or "", "Name": name,

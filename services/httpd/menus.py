@@ -12,9 +12,12 @@ URLs of the original server, kept working:
 
 from __future__ import annotations
 
+import dataclasses
+
 import falcon
 
-from ...common.bus.events import HTTP_SCRIPT
+from ...common.bus.events import HTTP_REFUSED, HTTP_SCRIPT
+from ...common.names import ipv4_text
 from ...common.config import Config
 from ...common.messages import MachineRecord
 from . import boot, scripts
@@ -111,18 +114,27 @@ class ClassMenuResource:
 
 
 class AssignResource:
-    """``/choose/<os>/<mac>`` and ``/setclass/<os>/<class>/<mac>``: record, then boot."""
+    """``/choose/<os>/<mac>`` and ``/setclass/<os>/<class>/<mac>``: record, then boot.
+
+    The original's self-service URLs, for the machine itself only: the menu
+    on that machine asks from the address leased to its MAC. From anywhere
+    else (any host on the boot network could otherwise make any machine
+    reinstall itself) the answer is 403 and an ``http.refused`` event.
+    ``[http] self_service = false`` turns them off.
+    """
 
     def __init__(self, catalog: Catalog, directory: Directory, maker: ScriptMaker,
-                 reporter: Reporter) -> None:
+                 reporter: Reporter, enabled: bool = True) -> None:
         self.catalog = catalog
         self.directory = directory
         self.maker = maker
         self.reporter = reporter
+        self.enabled = enabled
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, os: str, mac: str,
                cls: str | None = None) -> None:
         mac = boot.check_mac(mac)
+        self._only_from_the_machine(req, mac, f"{os}/{cls}" if cls else os)
         info = self.catalog.os(boot.check_os(os))
         if cls is not None:
             boot.check_class(cls)
@@ -130,10 +142,27 @@ class AssignResource:
                 raise falcon.HTTPNotFound(title="unknown class",
                                           description=f"{info.name} has no class {cls!r}")
         machine = self.directory.machine(mac)
-        machine = self.directory.set(boot.assign(mac, machine, info, cls))
+        change = boot.assign(mac, machine, info, cls)
+        machine = self.directory.set(dataclasses.replace(change, actor=f"menu@{req.remote_addr}"))
         _script(resp, self.maker.start(info.name, mac, req.remote_addr, machine))
         what = f"{info.name}/{cls}" if cls else info.name
         self.reporter.report(HTTP_SCRIPT, mac, req.remote_addr, f"{what} chosen")
+
+    def _only_from_the_machine(self, req: falcon.Request, mac: str, what: str) -> None:
+        if not self.enabled:
+            self.reporter.report(HTTP_REFUSED, mac, req.remote_addr,
+                                 f"choose {what}: self-service is off")
+            raise falcon.HTTPForbidden(title="self-service is off",
+                                       description="[http] self_service = false")
+        source = ipv4_text(req.remote_addr)
+        lease = self.directory.lease_for_ip(source) if source else None
+        if lease is None or lease.lease.mac != mac or lease.lease.state != "bound":
+            self.reporter.report(HTTP_REFUSED, mac, req.remote_addr,
+                                 f"choose {what} from {req.remote_addr}: not that machine's "
+                                 "address")
+            raise falcon.HTTPForbidden(
+                title="not this machine", description=f"only {mac} itself (from the address "
+                                                      "leased to it) may choose what it boots")
 
 
 class BootResource:

@@ -23,7 +23,7 @@ from ...common.messages import (BootEvent, ContentEntry, ContentList, ContentLis
                                 EventReport, Health, HealthReply, LeaseList, LeaseListReply,
                                 LeaseLookup, LeaseRecord, LeaseReply, LeaseState, MachineGet,
                                 MachineList, MachineListReply, MachineRecord, MachineReply,
-                                MachineSet)
+                                MachineSet, TokenCheck, TokenInfo, TokenReply)
 
 if TYPE_CHECKING:
     from ...common.bus.client import SyncBusClient
@@ -61,6 +61,10 @@ class StoreClient(Protocol):
         ...
 
     def health(self, deadline: float) -> HealthReply: ...
+
+    def token(self, digest: str) -> TokenInfo | None:
+        """The admin token with this SHA-256, or None (unknown or revoked)."""
+        ...
 
 
 def _expect(reply: object, kind: type) -> None:
@@ -176,3 +180,13 @@ class BusStore:
         reply = self.bus.call(Health(), deadline=deadline)
         _expect(reply, HealthReply)
         return reply  # type: ignore[return-value]
+
+    def token(self, digest: str) -> TokenInfo | None:
+        try:
+            reply = self.bus.call(TokenCheck(digest=digest))
+        except RemoteError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                return None
+            raise
+        _expect(reply, TokenReply)
+        return reply.token  # type: ignore[attr-defined, no-any-return]

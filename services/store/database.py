@@ -27,13 +27,14 @@ from astralboot.common.errors import AstralBootError
 from astralboot.common.messages import BootEvent
 
 from .journal import (Batch, BatchOutcome, Change, EventPruning, EventWrite, LeaseWrite,
-                      MachineWrite, ReservationDeletion, ReservationWrite)
-from .models import boot_events, leases, machines, pools, reservations
+                      MachineWrite, ReservationDeletion, ReservationWrite, TokenDeletion,
+                      TokenWrite)
+from .models import boot_events, leases, machines, pools, reservations, tokens
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0002"  # the newest revision in migrations/versions (a test checks)
+SCHEMA_HEAD = "0003"  # the newest revision in migrations/versions (a test checks)
 BUSY_TIMEOUT_MS = 30_000
 WAL_SIZE_LIMIT = 64 << 20  # bytes a checkpointed SQLite WAL file is cut back to
 CHECKPOINT_INTERVAL = 1.0  # seconds between SQLite WAL checkpoints
@@ -134,6 +135,7 @@ class Snapshot:
     reservations: Sequence[dict[str, Any]]
     last_event_id: int
     event_count: int
+    tokens: Sequence[dict[str, Any]] = ()
 
 
 Read = Callable[[Connection], Any]
@@ -365,11 +367,13 @@ class Database:
             lease_rows = [dict(r) for r in conn.execute(select(leases)).mappings()]
             machine_rows = [dict(r) for r in conn.execute(select(machines)).mappings()]
             reservation_rows = [dict(r) for r in conn.execute(select(reservations)).mappings()]
+            token_rows = [dict(r) for r in conn.execute(select(tokens)).mappings()]
             last, count = conn.execute(
                 select(sa.func.max(boot_events.c.id), sa.func.count())).one()
         for row in machine_rows:
             row["machine_class"] = row.pop("class")
-        return Snapshot(lease_rows, machine_rows, reservation_rows, int(last or 0), int(count))
+        return Snapshot(lease_rows, machine_rows, reservation_rows, int(last or 0), int(count),
+                        token_rows)
 
     # -- group commit ----------------------------------------------------------
 
@@ -461,6 +465,10 @@ class Database:
             if isinstance(w, ReservationWrite):
                 conn.execute(delete(reservations).where(reservations.c.mac == w.row["mac"]))
                 conn.execute(insert(reservations).values(**w.row))
+            elif isinstance(w, TokenWrite):
+                conn.execute(insert(tokens).values(**w.row))
+            elif isinstance(w, TokenDeletion):
+                conn.execute(delete(tokens).where(tokens.c.name == w.name))
             elif isinstance(w, ReservationDeletion):
                 conn.execute(delete(reservations).where(reservations.c.mac == w.mac))
             elif isinstance(w, EventPruning):

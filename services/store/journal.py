@@ -38,6 +38,16 @@ class ReservationDeletion:
 
 
 @dataclass(slots=True)
+class TokenWrite:
+    row: dict[str, Any]  # name, scope, digest, created
+
+
+@dataclass(slots=True)
+class TokenDeletion:
+    name: str
+
+
+@dataclass(slots=True)
 class EventWrite:
     row: dict[str, Any]
 
@@ -50,7 +60,7 @@ class EventPruning:
 
 
 Write = Union[LeaseWrite, MachineWrite, ReservationWrite, ReservationDeletion, EventWrite,
-              EventPruning]
+              EventPruning, TokenWrite, TokenDeletion]
 
 
 @dataclass(slots=True)

@@ -85,6 +85,18 @@ class ReservationRow(Base):
     os: Mapped[str | None] = mapped_column(String(64))
 
 
+class TokenRow(Base):
+    """An admin API token: its name, its scope and the SHA-256 of its secret."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (CheckConstraint("scope IN ('read', 'write')", name="scope"),)
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[float] = mapped_column(Float)
+
+
 class BootEventRow(Base):
     """One boot stage of one machine; ids are assigned by the store, in order."""
 
@@ -107,3 +119,4 @@ machines = cast(Table, MachineRow.__table__)
 reservations = cast(Table, ReservationRow.__table__)
 boot_events = cast(Table, BootEventRow.__table__)
 pools = cast(Table, PoolRow.__table__)
+tokens = cast(Table, TokenRow.__table__)

@@ -525,6 +525,22 @@ def open_database(config: Config) -> Database:
     return database
 
 
+def add_token(database: Database, name: str, scope: str, digest: str) -> bool:
+    """Record an admin token straight in the database (``init``, before any store runs).
+
+    False if a token of that name exists already.
+    """
+    from sqlalchemy import insert, select
+
+    from .models import tokens
+    with database.engine.begin() as conn:
+        if conn.execute(select(tokens.c.name).where(tokens.c.name == name)).first():
+            return False
+        conn.execute(insert(tokens).values(name=name, scope=scope, digest=digest,
+                                           created=time.time()))
+    return True
+
+
 def build(config: Config) -> StoreServer:
     database = open_database(config)
     service = StoreService(config)

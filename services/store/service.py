@@ -14,22 +14,27 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from astralboot.common.bus.events import (DHCP_ACK, DHCP_DECLINE, DHCP_OFFER, DHCP_RELEASE,
-                                          MACHINE_CHANGED, POOL_PRESSURE)
+                                          MACHINE_CHANGED, POOL_PRESSURE, TOKEN_CREATED,
+                                          TOKEN_REVOKED)
 from astralboot.common.bus.schema import Reply, Request
 from astralboot.common.config import Config, normalise_mac
 from astralboot.common.errors import ErrorCode
 from astralboot.common.names import (CLIENT_ID_MAX, MACHINE_NAME, WORD, clean_hostname,
                                      clean_text, ipv4_text)
+from astralboot.common.tokens import NAME as TOKEN_NAME
 from astralboot.common.messages import (BootEvent, Done, ErrorReply, EventList, EventListReply,
                                         EventReport, ImportReply, LeaseCommit, LeaseDecline,
                                         LeaseImport, LeaseList, LeaseListReply, LeaseLookup,
                                         LeaseGrant, LeaseOffer, LeaseRelease, LeaseReply,
                                         MachineGet, MachineList, MachineListReply, MachineReply,
                                         MachineSet, Reservation, ReservationDelete,
-                                        ReservationList, ReservationListReply, ReservationSet)
+                                        ReservationList, ReservationListReply, ReservationSet,
+                                        TokenCheck, TokenCreate, TokenInfo, TokenList,
+                                        TokenListReply, TokenReply, TokenRevoke)
 
 from .database import Snapshot, query_events
-from .journal import EventPruning, EventWrite, ReservationDeletion, ReservationWrite, Write
+from .journal import (EventPruning, EventWrite, ReservationDeletion, ReservationWrite,
+                      TokenDeletion, TokenWrite, Write)
 from .leases import Client, Lease, LeaseBook, Pool, Refusal, Reservations, ip_int, ip_str
 from .machines import Machine, MachineBook
 
@@ -39,6 +44,7 @@ EVENTS_KEPT = 200_000  # the event log is pruned to about this many rows...
 EVENTS_PRUNE_STEP = 2_000
 PRESSURE_EVERY = 60.0  # seconds between two pool.pressure events of one pool  # ...a small step at a time, so no commit waits on a big delete
 _CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(slots=True)
@@ -93,6 +99,10 @@ class StoreService:
             MachineList: self.list_machines,
             EventReport: self.report_event,
             EventList: self.list_events,
+            TokenCreate: self.create_token,
+            TokenRevoke: self.revoke_token,
+            TokenList: self.list_tokens,
+            TokenCheck: self.check_token,
         }
         self.reset()
 
@@ -107,6 +117,7 @@ class StoreService:
                               reservations=Reservations(fixed), offer_share=dhcp.offer_share)
         self._pressure_reported: dict[str, float] = {}
         self.machines = MachineBook()
+        self.tokens: dict[str, TokenInfo] = {}  # digest -> token
         self.last_event_id = 0
         self.events_kept = 0
 
@@ -121,6 +132,9 @@ class StoreService:
                 self.presets[row["mac"]] = (row["name"], row["os"])
         self.book.load(snapshot.leases)
         self.machines.load(snapshot.machines)
+        for row in snapshot.tokens:
+            self.tokens[row["digest"]] = TokenInfo(name=row["name"], scope=row["scope"],
+                                                   created=row["created"])
         self.last_event_id = snapshot.last_event_id
         self.events_kept = snapshot.event_count
 
@@ -379,22 +393,64 @@ class StoreService:
         if mac != req.mac:
             req = MachineSet(mac=mac, name=req.name, os=req.os, machine_class=req.machine_class,
                              labels=req.labels, boot_once=req.boot_once, clear=req.clear,
-                             request_id=req.request_id)
+                             actor=req.actor, request_id=req.request_id)
         lease = self.book.by_mac(mac, now)
         number = None
         if lease is not None:
             number = lease.address - self.book.pools[lease.subnet].base
         machine, write = self.machines.change(req, now, number)
         record = machine.record(self.book.bound_address(mac, now))
+        detail = _describe(machine)
+        if req.actor:
+            detail += f" by {clean_text(req.actor, 80)}"
         event = self._event(BootEvent(time=now, mac=mac, service="store",
-                                      stage=MACHINE_CHANGED, ip=record.ip,
-                                      detail=_describe(machine)))
+                                      stage=MACHINE_CHANGED, ip=record.ip, detail=detail))
         return Result(reply=MachineReply(machine=record), writes=[write, *event.writes],
                       publish=event.publish)
 
     def list_machines(self, req: MachineList, now: float) -> Result:
         return Result(reply=MachineListReply(machines=tuple(
             m.record(self.book.bound_address(m.mac, now)) for m in self.machines.list(req.os))))
+
+    # -- admin tokens ---------------------------------------------------------------
+
+    def create_token(self, req: TokenCreate, now: float) -> Result:
+        if not TOKEN_NAME.fullmatch(req.name):
+            raise Refusal(ErrorCode.BAD_REQUEST, f"{req.name[:80]!r} is not a token name")
+        if not _DIGEST.fullmatch(req.digest):
+            raise Refusal(ErrorCode.BAD_REQUEST, "digest: not a hex SHA-256")
+        if any(t.name == req.name for t in self.tokens.values()):
+            raise Refusal(ErrorCode.CONFLICT, f"a token named {req.name} exists; revoke it first")
+        if req.digest in self.tokens:
+            raise Refusal(ErrorCode.CONFLICT, "that secret is already a token")
+        token = TokenInfo(name=req.name, scope=req.scope, created=now)
+        self.tokens[req.digest] = token
+        event = self._event(BootEvent(time=now, mac="", service="store", stage=TOKEN_CREATED,
+                                      detail=f"{req.name} ({req.scope})"))
+        write = TokenWrite({"name": req.name, "scope": req.scope, "digest": req.digest,
+                            "created": now})
+        return Result(reply=TokenReply(token=token), writes=[write, *event.writes],
+                      publish=event.publish)
+
+    def revoke_token(self, req: TokenRevoke, now: float) -> Result:
+        for key, token in self.tokens.items():
+            if token.name == req.name:
+                del self.tokens[key]
+                event = self._event(BootEvent(time=now, mac="", service="store",
+                                              stage=TOKEN_REVOKED, detail=req.name))
+                return Result(reply=Done(), writes=[TokenDeletion(req.name), *event.writes],
+                              publish=event.publish)
+        raise Refusal(ErrorCode.NOT_FOUND, f"no token named {req.name[:80]}")
+
+    def list_tokens(self, req: TokenList, now: float) -> Result:
+        found = sorted(self.tokens.values(), key=lambda t: t.name)
+        return Result(reply=TokenListReply(tokens=tuple(found)))
+
+    def check_token(self, req: TokenCheck, now: float) -> Result:
+        token = self.tokens.get(req.digest)
+        if token is None:
+            raise Refusal(ErrorCode.NOT_FOUND, "no such token")
+        return Result(reply=TokenReply(token=token))
 
     # -- events -------------------------------------------------------------------
 

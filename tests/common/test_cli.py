@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 import time
 from pathlib import Path
 
 import pexpect
 
+from astralboot.common import tokens
 from astralboot.common.config import load
 from astralboot.common.lab.netns import Lab
 from astralboot.common.lab.stack import astralboot_argv
@@ -44,6 +46,26 @@ def test_init_non_interactive_writes_a_config_that_config_show_reads_back(short_
     # The data folder was created with the original layout.
     for sub in ("boot", "tftp", "bin"):
         assert (path.parent / "bootfiles" / sub).is_dir()
+    # No default secrets: a random password (printed once, kept only as its hash),
+    # an admin token readable by its owner alone, and no install by default.
+    config = load(path)
+    assert config.menu.default == "local"
+    printed = [line for line in result.stdout.splitlines() if "user password" in line]
+    password = printed[0].rsplit(" ", 1)[-1]
+    assert len(password) == 16 and password not in path.read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # noqa: PLC0415 (deprecated, present on 3.11: checks the hash)
+    hashed = config.install.password_hash
+    assert hashed is not None and crypt.crypt(password, hashed) == hashed
+    token = tokens.load(tokens.token_path(path.parent))
+    assert oct((path.parent / "admin.token").stat().st_mode & 0o777) == "0o600"
+    import sqlalchemy as sa  # noqa: PLC0415
+    engine = sa.create_engine(config.store.database)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT name, scope, digest FROM tokens")).all()
+    engine.dispose()
+    assert rows == [("admin", "write", tokens.digest(token))]  # only the digest is kept
 
 
 def test_init_never_replaces_a_config_without_force(short_tmp: Path) -> None:
@@ -101,10 +123,20 @@ def test_init_asks_the_setup_questions_and_warns_about_a_single_interface(
     child.sendline("192.0.2.53")
     child.expect("Gateway")
     child.sendline("")
+    child.expect("INSTALLS that OS")  # nothing installs unless someone decided it
+    child.expect("Menu default \\[local\\]")
+    child.sendline("../debian")
+    child.expect("not an OS folder name; try again")
+    child.sendline("debian")
+    child.expect("user password \\(shown only now")
+    child.expect("a machine nobody assigned INSTALLS it")
+    child.expect("admin API token 'admin'")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, child.before
     config = load(path)
+    assert config.menu.default == "debian"
+    assert config.install.password_hash and config.install.password_hash.startswith("$6$")
     assert str(config.dhcp.local.range_start) == "192.0.2.100"
     assert config.ipfs.enabled and config.ipfs.api == "/ip4/127.0.0.1/tcp/5001"
     assert [str(d) for d in config.dns] == ["192.0.2.53"]
@@ -124,10 +156,13 @@ def test_declining_a_shared_interface_offers_proxy_mode(lab: Lab, short_tmp: Pat
     child.sendline("")
     child.expect("address on that network")
     child.sendline("")
+    child.expect("Menu default")
+    child.sendline("")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, child.before
     assert load(path).dhcp.proxy is True
+    assert load(path).menu.default == "local"
 
 
 def test_config_flag_works_anywhere_on_the_command_line(short_tmp: Path) -> None:

@@ -71,3 +71,12 @@ def test_events_says_the_store_is_down_within_its_deadline(short_tmp: Path) -> N
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "no reply to event.list" in result.stderr
     assert time.monotonic() - started < 10
+
+
+def test_what_clients_chose_is_printed_escaped_never_run() -> None:
+    from astralboot.common.cli.status import format_event
+    from astralboot.common.messages import BootEvent
+    line = format_event(BootEvent(time=0.0, mac=A, service="dhcpd", stage="dhcp.ack",
+                                  detail="host\x1b]0;pwned\x07\x1b[2J"))
+    assert "\x1b" not in line and "\x07" not in line
+    assert line.endswith("host\\x1b]0;pwned\\x07\\x1b[2J")

@@ -53,8 +53,9 @@ def _boot(lab: Lab, work: Path, data: Path, firmware: str, assign: str | None,
           ) -> tuple[Timeline, Config, str]:
     mac = _mac()
     tap = lab.add_tap()
+    # An operator who wants unattended installs says so: [menu] default.
     config = load(write_config(work, interface=lab.bridge, address=lab.server_address,
-                               data=data, extra={"menu.timeout": 2}))
+                               data=data, extra={"menu.timeout": 2, "menu.default": "debian"}))
     guest = Guest(firmware=firmware, mac=mac, tap=tap, workdir=work)  # type: ignore[arg-type]
     with ServeProcess(config, lab.server, work / "serve.log") as serve:
         if assign:
@@ -118,6 +119,44 @@ def test_bios_guest_goes_through_the_menu_default_to_the_preseed(lab: Lab, short
     template = timeline.first("http.template")
     assert template is not None and template.detail == "debian/preseed"
     _check_lease(timeline, config)
+
+
+def test_an_unassigned_machine_boots_its_own_disk_by_default(lab: Lab, short_tmp: Path,
+                                                             data_folder: Path) -> None:
+    """Nothing installs unless someone decided it: the default config's menu
+    takes ``local`` after its timeout, and no installer image is fetched."""
+    mac = _mac()
+    tap = lab.add_tap()
+    config = load(write_config(short_tmp, interface=lab.bridge, address=lab.server_address,
+                               data=data_folder, extra={"menu.timeout": 2}))
+    assert config.menu.default == "local"
+    guest = Guest(firmware="bios", mac=mac, tap=tap, workdir=short_tmp)
+    with ServeProcess(config, lab.server, short_tmp / "serve.log") as serve:
+        with EventSubscriber(config.bus.events, mac) as sub:
+            time.sleep(0.3)
+            timeline = Timeline(powered_on=time.time())
+            proc = guest.start(lab.server)
+            try:
+                wait_for_stage(sub, timeline, "http.script", BOOT_TIMEOUT,
+                               alive=lambda: proc.poll() is None)
+                deadline = time.monotonic() + 120
+                while "Booting from local disk" not in guest.console_tail(200):
+                    assert time.monotonic() < deadline, guest.console_tail()
+                    event = sub.receive(timeout=1)
+                    if event is not None:
+                        timeline.events.append(event)
+                time.sleep(3)  # anything the menu might still fetch
+                while (event := sub.receive(timeout=0.5)) is not None:
+                    timeline.events.append(event)
+            except Exception as exc:
+                raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}\n"
+                                     f"--- serve ---\n{serve.tail()}") from None
+            finally:
+                stop(proc)
+    stages = timeline.stages()
+    scripts = [e.detail for e in timeline.events if e.stage == "http.script"]
+    assert scripts == ["menu"], scripts
+    assert "http.image" not in stages and "http.template" not in stages, stages
 
 
 def test_uefi_guest_with_an_assigned_os_boots_straight_into_it(lab: Lab, short_tmp: Path,

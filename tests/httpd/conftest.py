@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from astralboot.common.config.model import Config  # noqa: E402
 from astralboot.services.httpd.app import create_app  # noqa: E402
 from httpd_fakes import FakeStore  # noqa: E402
-from httpd_support import BUNDLED, INITRD, KERNEL, Client, make_config  # noqa: E402
+from httpd_support import ADMIN, BUNDLED, INITRD, KERNEL, Client, make_config  # noqa: E402
 
 
 @pytest.fixture
@@ -43,4 +43,4 @@ def fake(data: Path) -> FakeStore:
 
 @pytest.fixture
 def client(fake: FakeStore, config: Config) -> Client:
-    return Client(create_app(fake, config), headers={"User-Agent": "iPXE/1.21.1"})
+    return Client(create_app(fake, config), headers={"User-Agent": "iPXE/1.21.1", **ADMIN})

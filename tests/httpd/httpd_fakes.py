@@ -7,9 +7,12 @@ import hashlib
 import time
 from pathlib import Path
 
+from astralboot.common import tokens
 from astralboot.common.errors import BusTimeout, ErrorCode, RemoteError
 from astralboot.common.messages import (BootEvent, ContentEntry, EventReport, HealthReply,
-                                        LeaseRecord, LeaseReply, MachineRecord, MachineSet)
+                                        LeaseRecord, LeaseReply, MachineRecord, MachineSet,
+                                        TokenInfo)
+from httpd_support import READ_TOKEN, WRITE_TOKEN
 
 
 class FakeStore:
@@ -20,7 +23,11 @@ class FakeStore:
         self.reported: list[BootEvent] = []
         self.down = False
         self.calls: list[str] = []
+        self.changes: list[MachineSet] = []
         self._next = 1
+        self.tokens: dict[str, TokenInfo] = {
+            tokens.digest(WRITE_TOKEN): TokenInfo(name="admin", scope="write"),
+            tokens.digest(READ_TOKEN): TokenInfo(name="watcher", scope="read")}
 
     # -- test set-up ----------------------------------------------------------
 
@@ -36,6 +43,12 @@ class FakeStore:
                                                 lease_time=3600, hostname=hostname)
         return m
 
+    def add_lease(self, ip: str, mac: str) -> None:
+        """A bound lease with no machine record yet (a machine fresh at its menu)."""
+        self.leases_by_ip[ip] = LeaseRecord(ip=ip, mac=mac, subnet="192.0.2.0/24",
+                                            state="bound", expires=time.time() + 3600,
+                                            lease_time=3600)
+
     def _check(self, what: str) -> None:
         self.calls.append(what)
         if self.down:
@@ -43,12 +56,17 @@ class FakeStore:
 
     # -- StoreClient ----------------------------------------------------------
 
+    def token(self, digest: str) -> TokenInfo | None:
+        self._check("token")
+        return self.tokens.get(digest)
+
     def machine(self, mac: str) -> MachineRecord | None:
         self._check("machine.get")
         return self.machines_by_mac.get(mac)
 
     def set_machine(self, change: MachineSet) -> MachineRecord:
         self._check("machine.set")
+        self.changes.append(change)
         m = self.machines_by_mac.get(change.mac)
         if m is None:
             m = MachineRecord(mac=change.mac, name=f"node{self._next}")

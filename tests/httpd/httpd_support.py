@@ -21,6 +21,11 @@ INITRD = os.urandom(100_000)
 MAC = "52:54:00:12:34:56"
 IP = "192.0.2.150"
 
+# The admin tokens every FakeStore knows (the real store gets them from `token create`).
+WRITE_TOKEN = "abt_" + "w" * 43
+READ_TOKEN = "abt_" + "r" * 43
+ADMIN = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+
 
 def make_config(folder: Path, data: Path, **extra: object) -> Config:
     raw: dict[str, object] = {"address": "192.0.2.1", "network": "192.0.2.0/24",
@@ -39,3 +44,19 @@ class Client(falcon.testing.TestClient):
         result = super().simulate_request(*args, **kwargs)
         self.app.reporter.flush()  # events queued for the background thread are sent
         return result
+
+
+def admin_token(endpoint: str, *, scope: str = "write") -> str:
+    """A new admin token recorded by the real store at ``endpoint``; its secret."""
+    import secrets as _secrets
+
+    from astralboot.common import tokens
+    from astralboot.common.bus.client import SyncBusClient
+    from astralboot.common.messages import TokenCreate, TokenReply
+
+    secret = tokens.new_secret()
+    with SyncBusClient(endpoint, deadline=10) as bus:
+        reply = bus.call(TokenCreate(name=f"test-{_secrets.token_hex(4)}", scope=scope,  # type: ignore[arg-type]
+                                     digest=tokens.digest(secret)))
+    assert isinstance(reply, TokenReply)
+    return secret

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from httpd_support import IP, MAC, Client
 from httpd_fakes import FakeStore
+
+
+
+@pytest.fixture(autouse=True)
+def at_its_menu(fake: FakeStore) -> None:
+    fake.add_lease(IP, MAC)
 
 
 def test_boot_once_installs_once_then_boots_the_disk(client: Client, fake: FakeStore) -> None:

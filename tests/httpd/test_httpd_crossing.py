@@ -21,6 +21,7 @@ from astralboot.common.config import load
 from astralboot.common.lab.stack import Stack
 from astralboot.common.messages import Health, HealthReply, MachineGet, MachineReply
 
+from httpd_support import admin_token
 from test_httpd_gunicorn import make_site
 
 MACHINES = 400
@@ -41,11 +42,13 @@ def test_two_workers_never_cross_boot_scripts() -> None:
             with SyncBusClient(config.bus.endpoint, deadline=10) as bus:
                 # Named through httpd's API, as an operator would: these writes
                 # come from the same workers that serve the scripts.
+                token = admin_token(config.bus.endpoint)
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                 for i in range(MACHINES):
                     conn.request("PATCH", f"/api/machines/{mac_of(i)}",
                                  body=json.dumps({"name": f"host-{i}", "os": "debian"}),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {token}"})
                     response = conn.getresponse()
                     assert response.status == 200, response.read()
                     response.read()

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from httpd_support import BUNDLED
+from httpd_support import BUNDLED, admin_token
 
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import load
@@ -163,8 +163,11 @@ def test_a_leased_machine_boots_and_every_stage_is_recorded(
 
 
 def test_metrics_add_up_over_all_workers(site: tuple[Stack, int, Path]) -> None:
-    _, port, _ = site
-    before = curl(url(port, "/metrics")).stdout.decode()
+    stack, port, _ = site
+    token = admin_token(load(stack.config).bus.endpoint, scope="read")
+    auth = f"Authorization: Bearer {token}"
+    assert curl("-o", "/dev/null", "-w", "%{http_code}", url(port, "/metrics")).stdout == b"401"
+    before = curl("-H", auth, url(port, "/metrics")).stdout.decode()
 
     def boots(text: str) -> int:
         for line in text.splitlines():
@@ -173,7 +176,7 @@ def test_metrics_add_up_over_all_workers(site: tuple[Stack, int, Path]) -> None:
         return 0
     for _ in range(20):  # new connections land on either worker
         curl(url(port, f"/boot/debian/{MAC}"))
-    assert boots(curl(url(port, "/metrics")).stdout.decode()) == boots(before) + 20
+    assert boots(curl("-H", auth, url(port, "/metrics")).stdout.decode()) == boots(before) + 20
 
 
 def test_store_down_is_503_with_retry_after_within_the_deadline(tmp_path: Path) -> None:

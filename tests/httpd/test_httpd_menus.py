@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from httpd_support import IP, MAC, Client, make_config
 from httpd_fakes import FakeStore
 
 from astralboot.services.httpd.app import create_app
 
 OSES = ("alpine", "debian", "flatcar", "rocky", "ubuntu")
+
+
+@pytest.fixture(autouse=True)
+def at_its_menu(fake: FakeStore) -> None:
+    """The requests come from the address leased to MAC: the machine at its own menu."""
+    fake.add_lease(IP, MAC)
 
 
 def test_menu_offers_every_os_folder_local_disk_and_shell(client: Client) -> None:
@@ -70,6 +78,7 @@ def test_choosing_an_os_assigns_it_and_returns_its_start_script(client: Client,
 
 
 def test_choosing_accepts_hyphenated_and_upper_case_macs(client: Client, fake: FakeStore) -> None:
+    fake.add_lease(IP, "52:54:00:ab:cd:ef")
     r = client.simulate_get("/choose/debian/52-54-00-AB-CD-EF")
     assert r.status_code == 200
     assert fake.machines_by_mac["52:54:00:ab:cd:ef"].os == "debian"
@@ -161,3 +170,27 @@ def test_second_boot_script_costs_no_store_round_trip_for_content(client: Client
     before = list(fake.calls)
     client.simulate_get(f"/boot/debian/{MAC}")
     assert [c for c in fake.calls[len(before):] if c.startswith("content")] == []
+
+
+
+@pytest.mark.parametrize("url", [f"/choose/debian/{MAC}", f"/setclass/flatcar/etcd/{MAC}"])
+def test_only_the_machine_itself_may_choose_what_it_boots(client: Client, fake: FakeStore,
+                                                          url: str) -> None:
+    fake.add_machine(MAC, ip=IP, os=None)
+    fake.add_lease("192.0.2.151", "52:54:00:99:99:99")  # another machine on the network
+    for source in ("192.0.2.151", "192.0.2.77", "198.51.100.9"):
+        r = client.simulate_get(url, remote_addr=source)
+        assert r.status_code == 403, r.text
+        assert fake.reported[-1].stage == "http.refused"
+        assert source in fake.reported[-1].detail
+    assert fake.machines_by_mac[MAC].os is None and fake.changes == []
+    r = client.simulate_get(url, remote_addr=f"::ffff:{IP}")  # a dual-stack socket's form
+    assert r.status_code == 200
+    assert [c.actor for c in fake.changes] == [f"menu@::ffff:{IP}"]
+
+
+def test_self_service_can_be_turned_off(tmp_path: Path, data: Path, fake: FakeStore) -> None:
+    config = make_config(tmp_path, data, http__self_service=False)
+    client = Client(create_app(fake, config))
+    assert client.simulate_get(f"/choose/debian/{MAC}").status_code == 403
+    assert MAC not in fake.machines_by_mac

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+from astralboot.common.config import load
 from astralboot.common.lab.stack import Stack, write_config
 from astralboot.services.httpd.worker import HeadState, RequestHead
-from httpd_support import BUNDLED
+from httpd_support import BUNDLED, admin_token
 
 HEALTH = "127.0.0.1"                                  # the client that must be answered
 SLOW = [f"127.0.0.{n}" for n in range(2, 10)]          # 8 addresses x 25 slow clients
@@ -84,6 +85,7 @@ class Site:
     port: int
     stack: Stack
     image_size: int
+    token: str  # an admin token the store knows
 
     def log(self) -> str:
         return self.stack.log_path("httpd").read_text(errors="replace")
@@ -105,7 +107,7 @@ def httpd(image_size: int = 4096, **extra: object) -> Iterator[Site]:
                               network="127.0.0.0/8", range="127.0.0.100-127.0.0.199",
                               data=data, http_port=port, extra=settings)
         with Stack(config, services=("store", "httpd")) as stack:
-            yield Site(port, stack, image_size)
+            yield Site(port, stack, image_size, admin_token(load(config).bus.endpoint))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -283,6 +285,7 @@ def test_a_stalled_body_is_dropped_and_the_worker_serves_others() -> None:
         for source in SLOW[:2]:  # one per thread
             sock = connect(site.port, source)
             sock.sendall(b"PUT /api/machines/52:54:00:aa:bb:07 HTTP/1.1\r\nHost: a\r\n"
+                         b"Authorization: Bearer " + site.token.encode() + b"\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                          b'{"name": "' + b"x" * 40)  # half the body, then nothing
             stalled.append(sock)

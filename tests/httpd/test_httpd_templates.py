@@ -210,3 +210,25 @@ def test_jinja_templates_are_not_mistaken_for_go() -> None:
     assert not gotemplate.looks_like_go("{{ name }} {% if lease %}{{ lease.ip }}{% endif %}")
     assert gotemplate.looks_like_go("{{ .Name }}")
     assert gotemplate.looks_like_go("{{$x := .BaseIP}}")
+
+
+INSTALLS = [("debian", "/action/debian/preseed", "d-i passwd/user-password-crypted password {}\n"),
+            ("rocky", "/action/rocky/kickstart", "--iscrypted --password={}\n"),
+            ("ubuntu", "/action/ubuntu/user-data", 'password: "{}"\n')]
+
+
+@pytest.mark.parametrize("os_name, path, line", INSTALLS)
+def test_installs_get_the_sites_password_hash_never_a_shipped_one(
+        tmp_path: Path, data: Path, fake: FakeStore, os_name: str, path: str,
+        line: str) -> None:
+    from astralboot.services.httpd.app import create_app
+    from httpd_support import make_config
+    fake.add_machine(MAC, ip=IP, os=os_name)
+    site_hash = "$6$Zq3saltsalt$" + "A" * 86
+    for configured, expected in ((site_hash, site_hash), (None, "!")):
+        extra = {"install__password_hash": configured} if configured else {}
+        client = Client(create_app(fake, make_config(tmp_path, data, **extra)))
+        r = client.simulate_get(path)
+        assert r.status_code == 200, r.text
+        assert line.format(expected) in r.text
+        assert "astralbootsalt" not in r.text and "$6$" not in r.text.replace(site_hash, "")

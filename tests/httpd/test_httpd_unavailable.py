@@ -30,6 +30,7 @@ def test_images_already_resolved_keep_being_served_while_the_store_restarts(
 
 
 def test_metrics_say_the_store_is_down(client: Client, fake: FakeStore) -> None:
+    assert client.simulate_get("/metrics").status_code == 200  # the token is checked once
     fake.down = True
     text = client.simulate_get("/metrics").text
     assert "astralboot_store_up 0" in text
