@@ -46,9 +46,16 @@ python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/
 
 venv() {
     local extra=$1 py
-    py=$(command -v python3)
+    # Debian's own Python when it will do: it is what a deployment runs, and its
+    # files are readable by the unprivileged user the services become (one
+    # under /root is not).
+    py=/usr/bin/python3
+    python_ok "$py" || py=$(command -v python3)
     python_ok "$py" || die "Python 3.11 or newer is needed ($py is older)"
-    if [ ! -x .venv/bin/python ] || ! python_ok .venv/bin/python; then
+    local home
+    home=$("$py" -c 'import os, sys; print(os.path.dirname(sys.executable))')
+    if [ ! -x .venv/bin/python ] || ! python_ok .venv/bin/python \
+            || ! grep -qx "home = $home" .venv/pyvenv.cfg 2>/dev/null; then
         say "creating .venv with $py"
         rm -rf .venv
         "$py" -m venv .venv

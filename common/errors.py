@@ -24,6 +24,7 @@ class ErrorCode(str, enum.Enum):
     UNAVAILABLE = "unavailable"
     BAD_REQUEST = "bad_request"
     CONFLICT = "conflict"
+    FORBIDDEN = "forbidden"  # the peer's bus key may not send this request
     INTERNAL = "internal"
 
 

@@ -17,13 +17,16 @@ import signal
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from .bus.client import AsyncBusClient
+from .bus.security import client_curve
 from .bus.events import boot_event
 from .bus.server import ControlEndpoint, serve_forever
 from .config import Config
 from .errors import ConfigError, StartupError
+from .privileges import drop
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,16 @@ class FrontEnd:
         self.stats: Counter[str] = Counter()
         self.started = time.time()
         self.ready = False
-        self.bus = AsyncBusClient(config.bus.endpoint, deadline=config.bus.deadline)
+        self.bus = AsyncBusClient(config.bus.endpoint, deadline=config.bus.deadline,
+                                  curve=client_curve(config, name))
         self.extra_details: Callable[[], dict[str, str | int | float | bool]] = dict
+
+    def bound(self, *written: Path) -> None:
+        """The privileged sockets are open: stop being root (``[service] user``).
+
+        ``written``: folders the service goes on writing, besides its runtime folder.
+        """
+        drop(self.config, self.name, [self.config.runtime_dir, *written])
 
     def report(self, stage: str, mac: str, ip: str | None = None, detail: str = "") -> None:
         """Tell the store a boot stage happened (never blocks, never raises)."""

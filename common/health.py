@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .bus.client import SyncBusClient
+from .bus.security import ClientCurve, local_curve
 from .config import SERVICES, Config
-from .errors import AstralBootError
+from .errors import AstralBootError, StartupError
 from .messages import Health, HealthReply
 
 
@@ -41,8 +42,9 @@ def _from_reply(service: str, where: str, reply: HealthReply) -> ServiceHealth:
                          details=dict(reply.details))
 
 
-def _bus_health(service: str, endpoint: str, timeout: float) -> ServiceHealth:
-    with SyncBusClient(endpoint, deadline=timeout, retries=0) as client:
+def _bus_health(service: str, endpoint: str, timeout: float,
+                curve: ClientCurve | None = None) -> ServiceHealth:
+    with SyncBusClient(endpoint, deadline=timeout, retries=0, curve=curve) as client:
         try:
             reply = client.call(Health())
         except AstralBootError as exc:
@@ -75,7 +77,12 @@ def _http_health(config: Config, timeout: float) -> ServiceHealth:
 
 def check(config: Config, service: str, timeout: float = 2.0) -> ServiceHealth:
     if service == "store":
-        return _bus_health("store", config.bus.endpoint, timeout)
+        try:
+            curve = local_curve(config)
+        except StartupError as exc:
+            return ServiceHealth(service="store", up=False, where=config.bus.endpoint,
+                                 error=exc.reason)
+        return _bus_health("store", config.bus.endpoint, timeout, curve)
     if service == "httpd":
         return _http_health(config, timeout)
     return _bus_health(service, config.control_endpoint(service), timeout)

@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import zmq
 
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 DEFAULT_DEADLINE = 3.0
 DEFAULT_RETRIES = 2
 HWM = 100_000
+
+if TYPE_CHECKING:
+    from .security import ClientCurve
 
 R = TypeVar("R", bound=Reply)
 
@@ -62,7 +65,10 @@ def new_identity() -> bytes:
     return bytes((secrets.randbelow(255) + 1,)) + secrets.token_bytes(15)
 
 
-def _configure(sock: zmq.Socket, endpoint: str, identity: bytes) -> None:
+def _configure(sock: zmq.Socket, endpoint: str, identity: bytes,
+               curve: "ClientCurve | None" = None) -> None:
+    if curve is not None:
+        curve.apply(sock)
     sock.setsockopt(zmq.ROUTING_ID, identity)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.setsockopt(zmq.SNDHWM, HWM)
@@ -135,8 +141,9 @@ class AsyncBusClient:
 
     def __init__(self, endpoint: str, *, deadline: float = DEFAULT_DEADLINE,
                  retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None,
-                 coalesce: float = 0.0) -> None:
+                 coalesce: float = 0.0, curve: "ClientCurve | None" = None) -> None:
         self.endpoint = endpoint
+        self.curve = curve
         self.deadline = deadline
         self.retries = retries
         # Seconds a request may wait for others to travel with. Waking
@@ -228,7 +235,7 @@ class AsyncBusClient:
     def _connect(self) -> None:
         assert self._loop is not None
         sock = self._ctx.socket(zmq.DEALER)
-        _configure(sock, self.endpoint, self._identity)
+        _configure(sock, self.endpoint, self._identity, self.curve)
         self._sock = sock
         self._fd = sock.getsockopt(zmq.FD)
         self._generation += 1
@@ -377,8 +384,9 @@ class SyncBusClient:
     """Blocking requests; safe to share between threads and across fork."""
 
     def __init__(self, endpoint: str, *, deadline: float = DEFAULT_DEADLINE,
-                 retries: int = DEFAULT_RETRIES) -> None:
+                 retries: int = DEFAULT_RETRIES, curve: "ClientCurve | None" = None) -> None:
         self.endpoint = endpoint
+        self.curve = curve
         self.deadline = deadline
         self.retries = retries
         self.stats: Counter[str] = Counter()
@@ -470,7 +478,7 @@ class SyncBusClient:
             if identity is None:  # one per thread, kept across resets
                 identity = self._local.identity = new_identity()
             sock = ctx.socket(zmq.DEALER)
-            _configure(sock, self.endpoint, identity)
+            _configure(sock, self.endpoint, identity, self.curve)
             self._local.sock = sock
             with self._lock:
                 self._sockets.append(sock)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import zmq
 
 from ..errors import MalformedMessage
 from ..messages import BootEvent, ErrorReply, EventReport, EventSubscribe, SubscribeReply
 from .frames import REPLY_LIMITS, pack, unpack
+
+if TYPE_CHECKING:
+    from .security import ClientCurve
 
 # The stages of a boot, in the order a machine goes through them.
 DHCP_OFFER = "dhcp.offer"
@@ -62,10 +65,12 @@ class EventSubscriber:
     """
 
     def __init__(self, endpoint: str, mac: str | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: "ClientCurve | None" = None) -> None:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self._sock)
         self._sock.setsockopt(zmq.MAXMSGSIZE, REPLY_LIMITS.frame)
         self._sock.connect(endpoint)
         self._topics = ((mac or "").lower(),)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bus.client import SyncBusClient
+from ..bus.security import client_curve
 from ..bus.schema import record_to_dict
 from ..config import load, normalise_mac
 from ..config.load import p_name, p_os_name
@@ -24,7 +25,8 @@ from .options import add_common_options
 
 def _client(args: argparse.Namespace) -> SyncBusClient:
     config = load(args.config)
-    return SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline)
+    return SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline,
+                         curve=client_curve(config, "admin"))
 
 
 def _when(ts: float | None) -> str:

@@ -97,11 +97,13 @@ def cmd_precache(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..bus.client import SyncBusClient
+    from ..bus.security import client_curve
     from ..config import load
     from ..messages import ContentEntry, ContentList, ContentListReply, ContentStat
 
     config = load(args.config)
-    bus = SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline + config.ipfs.timeout)
+    bus = SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline + config.ipfs.timeout,
+                        curve=client_curve(config, "admin"))
 
     def listing(path: str) -> list[ContentEntry]:
         reply = bus.call(ContentList(path=path))

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "leases": "astralboot.common.cli.admin:cmd_leases",
     "machines": "astralboot.common.cli.admin:cmd_machines",
     "token": "astralboot.common.cli.tokens:cmd_token",
+    "keys": "astralboot.common.cli.keys:cmd_keys",
     "publish": "astralboot.common.cli.content:cmd_publish",
     "precache": "astralboot.common.cli.content:cmd_precache",
     "fetch": "astralboot.common.cli.fetch:cmd_fetch",
@@ -55,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_common_options(p)
         return p
 
-    from . import (admin, content, demo, fetch, setup, status,  # argument definitions only
-                   supervise, tokens)
+    from . import (admin, content, demo, fetch, keys, setup,  # argument definitions only
+                   status, supervise, tokens)
     setup.add_init_arguments(add("init", "write config.toml, by questions or by flags"))
     setup.add_config_arguments(add("config", "show the effective configuration"))
     supervise.add_arguments(add("serve", "run all four services in the foreground"))
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_leases_arguments(add("leases", "list or import leases"))
     admin.add_machines_arguments(add("machines", "list, show or change machines"))
     tokens.add_arguments(add("token", "make, list or revoke admin API tokens"))
+    keys.add_arguments(add("keys", "CURVE keys for a tcp:// bus: set up, create, list, revoke"))
     content.add_publish_arguments(add("publish", "add the data folder to IPFS, write refs.toml"))
     content.add_precache_arguments(add("precache", "fetch everything under the IPFS root"))
     fetch.add_fetch_arguments(add("fetch", "download an OS's images from upstream"))

@@ -9,6 +9,7 @@ import sys
 import time
 
 from ..bus.client import SyncBusClient
+from ..bus.security import client_curve
 from ..bus.events import EventSubscriber
 from ..names import printable
 from ..config import SERVICES, load, normalise_mac
@@ -80,9 +81,11 @@ def cmd_events(args: argparse.Namespace) -> int:
         print(json.dumps(record_to_dict(e)) if args.json else format_event(e), flush=True)
 
     # Subscribe before listing so nothing falls between the two.
-    sub = EventSubscriber(config.bus.events, mac) if args.follow else None
+    curve = client_curve(config, "admin")
+    sub = EventSubscriber(config.bus.events, mac, curve=curve) if args.follow else None
     try:
-        with SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline) as client:
+        with SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline,
+                           curve=curve) as client:
             reply = client.call(EventList(mac=mac, limit=args.limit))
         assert isinstance(reply, EventListReply)
         last_id = 0

@@ -12,6 +12,7 @@ import datetime as dt
 
 from .. import tokens
 from ..bus.client import SyncBusClient
+from ..bus.security import client_curve
 from ..config import load
 from ..messages import Done, TokenCreate, TokenList, TokenListReply, TokenReply, TokenRevoke
 from .options import add_common_options
@@ -35,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_token(args: argparse.Namespace) -> int:
     config = load(args.config)
-    with SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline) as bus:
+    with SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline,
+                       curve=client_curve(config, "admin")) as bus:
         if args.action == "create":
             if not tokens.NAME.fullmatch(args.name):
                 print(f"astralboot token: {args.name!r} is not a token name (letters, digits, "

@@ -22,7 +22,8 @@ from .. import netif
 from ..errors import ConfigError, ConfigErrors
 from ..names import MACHINE_NAME
 from .model import (BusConfig, Config, DhcpConfig, HttpConfig, InstallConfig, IpfsConfig,
-                    MenuConfig, ReservationConfig, StoreConfig, SubnetConfig, TftpConfig)
+                    MenuConfig, ReservationConfig, ServiceConfig, StoreConfig, SubnetConfig,
+                    TftpConfig)
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -398,6 +399,9 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
     http = _http(top.table("http"), address)
     menu = _menu(top.table("menu"))
     install = _install(top.table("install"))
+    service_table = top.table("service")
+    service = ServiceConfig(user=service_table.get("user", p_user, "astralboot"))
+    service_table.finish()
     ipfs_table = top.table("ipfs")
     store = _store(top.table("store"), base, data)
     bus = _bus(top.table("bus"), base, runtime_dir)
@@ -411,7 +415,7 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
     return Config(path=file, refs_path=refs_path, interface=interface, address=address,
                   network=network, gateway=gateway, dns=dns, domain=domain, data=data,
                   runtime_dir=runtime_dir, log_level=log_level, dhcp=dhcp, tftp=tftp,
-                  http=http, menu=menu, install=install, ipfs=ipfs, store=store, bus=bus, derived=derived,
+                  http=http, menu=menu, install=install, service=service, ipfs=ipfs, store=store, bus=bus, derived=derived,
                   warnings=tuple(warnings))
 
 
@@ -556,6 +560,13 @@ def p_password_hash(v: Any) -> str:
     return text
 
 
+def p_user(v: Any) -> str:
+    text = p_str(v)
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}\$?", text):
+        raise ValueError(f"{text!r} is not a user name")
+    return text
+
+
 def _install(t: Table) -> InstallConfig:
     cfg = InstallConfig(password_hash=t.get("password_hash", p_password_hash, None))
     t.finish()
@@ -606,7 +617,9 @@ def _bus(t: Table, base: Path, runtime_dir: Path) -> BusConfig:
             endpoint = default
     events = t.get("events", lambda v: resolve_endpoint(base, v), next_port_endpoint(endpoint))
     cfg = BusConfig(endpoint=endpoint, events=events,
-                    deadline=t.get("deadline", p_seconds(0.05, 120), 3.0))
+                    deadline=t.get("deadline", p_seconds(0.05, 120), 3.0),
+                    keys=t.get("keys", lambda v: resolve_path(base, v), base / "keys"),
+                    insecure=t.get("insecure", p_bool, False))
     t.finish()
     return cfg
 
@@ -641,7 +654,7 @@ def _all_keys() -> set[str]:
         "tftp.per_client", "tftp.timeout", "tftp.retries", "tftp.memory_cache", "tftp.memory_max",
         "http.port",
         "http.bind", "http.workers", "http.threads", "http.public_url", "http.header_timeout",
-        "http.body_timeout", "http.per_client", "http.self_service", "menu.default", "install.password_hash",
+        "http.body_timeout", "http.per_client", "http.self_service", "menu.default", "install.password_hash", "service.user",
         "menu.timeout", "ipfs.enabled", "ipfs.api", "ipfs.timeout", "store.database",
-        "store.cache", "store.cache_max", "bus.endpoint", "bus.events", "bus.deadline",
+        "store.cache", "store.cache_max", "bus.endpoint", "bus.events", "bus.deadline", "bus.keys", "bus.insecure",
     }

@@ -92,6 +92,12 @@ class MenuConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    # the user services become once their ports are bound (when started as root)
+    user: str = "astralboot"
+
+
+@dataclass(frozen=True, slots=True)
 class InstallConfig:
     # crypt(3) hash of the password installed systems give their user; None:
     # the account is locked (templates get "!"), never a password shipped with us
@@ -118,6 +124,12 @@ class BusConfig:
     endpoint: str
     events: str
     deadline: float
+    keys: Path = Path("keys")  # CURVE key pairs and admitted clients (tcp:// only)
+    insecure: bool = False  # tcp:// without CURVE: anyone who reaches it may do anything
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.endpoint.startswith("tcp://") or self.events.startswith("tcp://")
 
     @property
     def is_local(self) -> bool:
@@ -145,6 +157,7 @@ class Config:
     store: StoreConfig
     bus: BusConfig
     install: InstallConfig = InstallConfig()
+    service: ServiceConfig = ServiceConfig()
     derived: frozenset[str] = field(default_factory=frozenset)  # keys not set in the file
     warnings: tuple[str, ...] = ()
 

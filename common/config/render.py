@@ -104,6 +104,7 @@ def render(config: Config, *, annotate: bool = True) -> str:
     out += ["", "[menu]"] + _lines([("default", m.default), ("timeout", m.timeout)], "menu.", d)
     out += ["", "[install]"] + _lines([("password_hash", config.install.password_hash)],
                                       "install.", d)
+    out += ["", "[service]"] + _lines([("user", config.service.user)], "service.", d)
 
     i = config.ipfs
     out += ["", "[ipfs]"] + _lines([
@@ -119,6 +120,7 @@ def render(config: Config, *, annotate: bool = True) -> str:
     b = config.bus
     out += ["", "[bus]"] + _lines([
         ("endpoint", b.endpoint), ("events", b.events), ("deadline", b.deadline),
+        ("keys", b.keys), ("insecure", b.insecure),
     ], "bus.", d)
     return "\n".join(out) + "\n"
 

@@ -228,7 +228,9 @@ async def main(fe: FrontEnd) -> None:
     policy = policy_class(config=config, store=bus, boot=boot, report=report, stats=fe.stats)
     link_sender = LinkSender.open(config.interface, str(config.address), dhcp.port)
     if link_sender is None:
-        log.warning("no CAP_NET_RAW: replies to clients without an address are broadcast")
+        log.warning("no packet socket (no CAP_NET_RAW, or AF_PACKET not allowed): replies to "
+                    "clients without an address are broadcast")
+    fe.bound()  # ports 67 and the packet socket are open: root is no longer needed
     server = DhcpServer(config, policy, listeners, fe.stats, link_sender)
     fe.extra_details = lambda: {"in_flight": server.in_flight(),
                                 "mode": "proxy" if dhcp.proxy else "authoritative"}

@@ -97,7 +97,7 @@ class LinkSender:
     def open(cls, interface: str, source: str, port: int) -> LinkSender | None:
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
-        except PermissionError:
+        except OSError:  # no CAP_NET_RAW, or the family is not allowed (systemd sandbox)
             return None
         sock.setblocking(False)
         return cls(sock, interface, source, port)

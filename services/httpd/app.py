@@ -54,6 +54,7 @@ _REMOTE_STATUS = {
     ErrorCode.NOT_FOUND: falcon.HTTP_404,
     ErrorCode.BAD_REQUEST: falcon.HTTP_400,
     ErrorCode.CONFLICT: falcon.HTTP_409,
+    ErrorCode.FORBIDDEN: falcon.HTTP_502,  # this httpd's bus key lacks a right: ours to fix
     ErrorCode.UNAVAILABLE: falcon.HTTP_503,
     ErrorCode.POOL_EXHAUSTED: falcon.HTTP_503,
     ErrorCode.INTERNAL: falcon.HTTP_502,

@@ -23,8 +23,10 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from ...common.bus.client import SyncBusClient
+from ...common.bus.security import client_curve
 from ...common.config import Config
 from ...common.errors import StartupError
+from ...common.privileges import drop
 from .app import create_app
 from .metrics import Metrics
 from .store import BusStore
@@ -135,6 +137,10 @@ def options(config: Config, fd: int, *, worker_class: str | None = None,
         "errorlog": "-",
         "loglevel": level,
         "worker_tmp_dir": "/dev/shm",
+        # Whoever runs it now (root was given up before): gunicorn's own
+        # default was read when it was imported, while still root.
+        "user": os.geteuid(),
+        "group": os.getegid(),
         "control_socket_disable": True,  # several httpd may share a host and a home folder
     }
 
@@ -147,8 +153,11 @@ def run(config: Config, **overrides: Any) -> int:
         sock = listen(config.http.bind, config.http.port)
     master = os.getpid()
     try:
+        # Port 80 is bound: gunicorn, falcon and Jinja2 never run as root.
+        drop(config, "httpd", [config.runtime_dir, config.store.cache])
         metrics = Metrics.prepare(config.runtime_dir / f"httpd-{config.http.port}.metrics")
-        bus = SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline)
+        bus = SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline,
+                            curve=client_curve(config, "httpd"))
         app = create_app(BusStore(bus, config.store.cache, config.store.cache_max), config, metrics=metrics)
         log.info("httpd on %s:%d (public URL %s), %s workers x %s threads, store at %s",
                  config.http.bind, config.http.port, config.http.public_url,

@@ -26,6 +26,7 @@ from zmq.backend import Socket as _BackendSocket
 
 from astralboot.common.bus.events import publish_frame
 from astralboot.common.bus.frames import SUBSCRIBER_LIMITS, pack, unpack
+from astralboot.common.bus.security import make_server
 from astralboot.common.bus.server import bind
 from astralboot.common.errors import ErrorCode, MalformedMessage
 from astralboot.common.logs import SenderLimit
@@ -61,8 +62,10 @@ class EventHub:
         self._sweeper: asyncio.TimerHandle | None = None
         self._warnings = SenderLimit()
 
-    def bind(self) -> None:
+    def bind(self, curve_secret: bytes | None = None) -> None:
         sock = self._ctx.socket(zmq.ROUTER)
+        if curve_secret is not None:
+            make_server(sock, curve_secret)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, EVENTS_HWM)
         sock.setsockopt(zmq.RCVHWM, 1000)

@@ -36,12 +36,15 @@ from zmq.backend import Socket as _BackendSocket
 
 from astralboot.common.bus.frames import pack
 from astralboot.common.bus.schema import Reply
+from astralboot.common.bus.security import (ZapHandler, make_server, may_send, role_of,
+                                            server_secret)
 from astralboot.common.bus.server import (Incoming, bind, decode, encode, health_reply, ipc_path,
                                           request_socket)
 from astralboot.common.config import Config
 from astralboot.common.content import DigestCache
 from astralboot.common.errors import ErrorCode, StartupError
 from astralboot.common.frontend import settle_heap
+from astralboot.common.privileges import database_files, drop, ipc_files
 from astralboot.common.messages import (BootEvent, ContentDataReply, ContentList,
                                         ContentListReply, ContentRead, ContentStat,
                                         ContentStatReply, ErrorReply, EventReport, Health)
@@ -127,6 +130,7 @@ class StoreServer:
         self.ready = True  # False while memory is rebuilt after a failed write
         self._ctx = context or zmq.Context.instance()
         self._router: zmq.Socket | None = None
+        self._zap: ZapHandler | None = None
         self.events = EventHub(config.bus.events, self._ctx, service=SERVICE)
         self._bound: list[str] = []
         self._pending = Batch()
@@ -146,11 +150,19 @@ class StoreServer:
     # -- lifecycle ----------------------------------------------------------------
 
     def bind(self) -> None:
+        secret = server_secret(self.config)
+        if secret is not None:
+            # Clients are authenticated by the ZAP handler before any frame of
+            # theirs reaches this process's sockets.
+            self._zap = ZapHandler(self._ctx, self.config.bus.keys)
+            self._zap.start()
         router = request_socket(self._ctx, hwm=100_000)
+        if secret is not None:
+            make_server(router, secret)
         self._router = router
         bind(router, self.config.bus.endpoint, SERVICE)
         self._bound.append(self.config.bus.endpoint)
-        self.events.bind()
+        self.events.bind(secret)
         self._bound.append(self.config.bus.events)
 
     def close(self) -> None:
@@ -161,6 +173,9 @@ class StoreServer:
         self.events.close()
         if self._router is not None:
             self._router.close(linger=0)
+        if self._zap is not None:
+            self._zap.close()
+            self._zap = None
         for endpoint in self._bound:  # only ours: never another store's socket file
             path = ipc_path(endpoint)
             if path is not None:
@@ -207,10 +222,16 @@ class StoreServer:
             # Asking ZMQ_EVENTS (not catching EAGAIN) also re-arms the FD.
             if not int(_get(sock, _EVENTS)) & _POLLIN:
                 break
-            frames = [_recv(sock, _NOBLOCK)]
+            if self._zap is None:
+                frames = [_recv(sock, _NOBLOCK)]
+                while _get(sock, _RCVMORE):
+                    frames.append(_recv(sock, _NOBLOCK))
+                self._on_frames(frames)
+                continue
+            parts = [_recv(sock, _NOBLOCK, False)]
             while _get(sock, _RCVMORE):
-                frames.append(_recv(sock, _NOBLOCK))
-            self._on_frames(frames)
+                parts.append(_recv(sock, _NOBLOCK, False))
+            self._on_frames([p.bytes for p in parts], role_of(parts[-1].get("User-Id")))
         else:  # more may be waiting: come back after others had a turn
             asyncio.get_running_loop().call_soon(self._drain)
         self._flush()
@@ -229,13 +250,21 @@ class StoreServer:
 
     # -- requests -----------------------------------------------------------------
 
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def _on_frames(self, frames: list[bytes], role: str | None = None) -> None:
         incoming, answer = decode(frames, self.stats)
         if incoming is None:
             if answer is not None:
                 self._send(answer)
             return
         request = incoming.request
+        if role is not None and not may_send(role, request.kind):
+            # A CURVE peer asking for what its role does not need (a tftpd key
+            # sending MachineSet): refused, counted, applied never.
+            self.stats["forbidden"] += 1
+            if request.expects_reply:
+                self._reply(incoming, _error(ErrorCode.FORBIDDEN,
+                                             f"a {role} key may not send {request.kind}"))
+            return
         if request.expects_reply:
             key = request_key(incoming)
             body = self._recent.get(key)
@@ -487,6 +516,10 @@ class StoreServer:
         details["commit.last_ms"] = round(self._last_commit_ms, 3)
         details["commit.max_ms"] = round(self._max_commit_ms, 3)
         details.update(self.events.details())
+        details["forbidden"] = self.stats["forbidden"]
+        if self._zap is not None:
+            details["curve.admitted"] = self._zap.admitted
+            details["curve.refused"] = self._zap.refused
         details["commit.pending"] = len(self._pending.changes)
         for key in ("requests", "malformed", "dropped_frames", "retries_answered",
                     "retries_joined", "batches_failed", "rebuilds", "replies_dropped",
@@ -574,6 +607,9 @@ async def _main(config: Config) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         server.bind()
+        drop(config, SERVICE, [config.runtime_dir, config.store.cache,
+                               *database_files(config.store.database),
+                               *ipc_files(config.bus.endpoint, config.bus.events)])
     except StartupError:
         server.close()
         server.db.close()

@@ -504,6 +504,7 @@ async def main(fe: FrontEnd) -> None:
     server = TftpServer(config.tftp, str(config.address), service, stats=fe.stats,
                         report=reporter.report)
     server.open()
+    fe.bound(config.store.cache)  # port 69 is open; the cache is written on other hosts
     fe.extra_details = lambda: {**server.details(), "memory_cache": content.memory_bytes,
                                 "netascii_cache": netascii.held,
                                 "netascii.conversions": netascii.conversions,

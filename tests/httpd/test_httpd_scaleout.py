@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from test_httpd_gunicorn import INITRD, SHA, make_site
 
 from astralboot.common.lab.netns import Lab
-from astralboot.common.lab.stack import Stack, write_config
+from astralboot.common.lab.stack import Stack, astralboot_argv, write_config
 
 pytestmark = pytest.mark.netns
 
@@ -30,6 +31,14 @@ def test_remote_httpd_serves_byte_identical_images_from_its_own_cache(lab: Lab) 
                                 .replace('network = "127.0.0.0/8"', 'network = "192.0.2.0/24"')
                                 .replace('interface = "lo"', 'interface = "br0"')
                                 .replace("127.0.0.100-127.0.0.199", "192.0.2.100-192.0.2.199"))
+        # The README's recipe: keys on the store's host, two files carried over.
+        setup = subprocess.run(astralboot_argv("keys", "setup", "-c", str(local_config)),
+                               capture_output=True, text=True, timeout=60)
+        assert setup.returncode == 0, setup.stderr
+        carried = folder / "web" / "keys"
+        carried.mkdir(parents=True)
+        shutil.copy(folder / "server" / "keys" / "store.pub", carried)
+        shutil.copy(folder / "server" / "keys" / "httpd.key", carried)
         web = lab.add_host("web", "192.0.2.20/24")
         client = lab.add_host("cli", "192.0.2.30/24")
         remote_cache = folder / "web-cache"
@@ -37,6 +46,7 @@ def test_remote_httpd_serves_byte_identical_images_from_its_own_cache(lab: Lab) 
                                      network="192.0.2.0/24", range="192.0.2.100-192.0.2.199",
                                      data=folder / "web" / "unused", http_port=port,
                                      extra={"bus.endpoint": BUS, "bus.deadline": 2.0,
+                                            "bus.keys": str(carried),
                                             "store.cache": str(remote_cache)})
         with Stack(local_config, services=("store", "httpd"), netns=lab.server), \
                 Stack(remote_config, services=("httpd",), netns=web.ns):
