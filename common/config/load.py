@@ -21,9 +21,9 @@ from typing import Any, Callable, TypeVar
 from .. import netif
 from ..errors import ConfigError, ConfigErrors
 from ..names import MACHINE_NAME
-from .model import (BusConfig, Config, DhcpConfig, HttpConfig, InstallConfig, IpfsConfig,
-                    MenuConfig, ReservationConfig, ServiceConfig, StoreConfig, SubnetConfig,
-                    TftpConfig)
+from .model import (AdminConfig, BusConfig, Config, DhcpConfig, HttpConfig, InstallConfig,
+                    IpfsConfig, MenuConfig, ReservationConfig, ServiceConfig, StoreConfig,
+                    SubnetConfig, TftpConfig)
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -402,6 +402,7 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
     service_table = top.table("service")
     service = ServiceConfig(user=service_table.get("user", p_user, "astralboot"))
     service_table.finish()
+    admin = _admin(top.table("admin"), base, http.port)
     ipfs_table = top.table("ipfs")
     store = _store(top.table("store"), base, data)
     bus = _bus(top.table("bus"), base, runtime_dir)
@@ -415,7 +416,7 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
     return Config(path=file, refs_path=refs_path, interface=interface, address=address,
                   network=network, gateway=gateway, dns=dns, domain=domain, data=data,
                   runtime_dir=runtime_dir, log_level=log_level, dhcp=dhcp, tftp=tftp,
-                  http=http, menu=menu, install=install, service=service, ipfs=ipfs, store=store, bus=bus, derived=derived,
+                  http=http, menu=menu, install=install, service=service, admin=admin, ipfs=ipfs, store=store, bus=bus, derived=derived,
                   warnings=tuple(warnings))
 
 
@@ -560,6 +561,29 @@ def p_password_hash(v: Any) -> str:
     return text
 
 
+def _admin(t: Table, base: Path, http_port: int) -> AdminConfig:
+    path = lambda v: resolve_path(base, v)  # noqa: E731
+    cfg = AdminConfig(
+        port=t.get("port", p_int_between(0, 65535), 0),
+        bind=t.get("bind", p_str, "127.0.0.1"),
+        tls_cert=t.get("tls_cert", path, None),
+        tls_key=t.get("tls_key", path, None),
+        client_ca=t.get("client_ca", path, None),
+        boot_face=t.get("boot_face", p_bool, True),
+    )
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        t.error("tls_key" if cfg.tls_key is None else "tls_cert",
+                "tls_cert and tls_key go together")
+    if cfg.client_ca is not None and cfg.tls_cert is None:
+        t.error("client_ca", "client certificates need TLS: set tls_cert and tls_key too")
+    if cfg.port and cfg.port == http_port and cfg.bind in ("0.0.0.0", ""):
+        t.error("port", f"{cfg.port} is [http] port already")
+    if not cfg.port and not cfg.boot_face:
+        t.error("boot_face", "false needs [admin] port: the admin face would be nowhere")
+    t.finish()
+    return cfg
+
+
 def p_user(v: Any) -> str:
     text = p_str(v)
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}\$?", text):
@@ -654,7 +678,8 @@ def _all_keys() -> set[str]:
         "tftp.per_client", "tftp.timeout", "tftp.retries", "tftp.memory_cache", "tftp.memory_max",
         "http.port",
         "http.bind", "http.workers", "http.threads", "http.public_url", "http.header_timeout",
-        "http.body_timeout", "http.per_client", "http.self_service", "menu.default", "install.password_hash", "service.user",
+        "http.body_timeout", "http.per_client", "http.self_service", "menu.default", "install.password_hash", "service.user", "admin.port", "admin.bind",
+        "admin.tls_cert", "admin.tls_key", "admin.client_ca", "admin.boot_face",
         "menu.timeout", "ipfs.enabled", "ipfs.api", "ipfs.timeout", "store.database",
         "store.cache", "store.cache_max", "bus.endpoint", "bus.events", "bus.deadline", "bus.keys", "bus.insecure",
     }

@@ -92,6 +92,18 @@ class MenuConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """A listener of its own for the admin face (API, metrics), e.g. off the boot network."""
+
+    port: int = 0  # 0: no such listener; the admin face is on the boot face's port
+    bind: str = "127.0.0.1"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None  # set: clients must show a certificate it signed (mTLS)
+    boot_face: bool = True  # the boot listener serves the admin face too (token-protected)
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     # the user services become once their ports are bound (when started as root)
     user: str = "astralboot"
@@ -158,6 +170,7 @@ class Config:
     bus: BusConfig
     install: InstallConfig = InstallConfig()
     service: ServiceConfig = ServiceConfig()
+    admin: AdminConfig = AdminConfig()
     derived: frozenset[str] = field(default_factory=frozenset)  # keys not set in the file
     warnings: tuple[str, ...] = ()
 

@@ -105,6 +105,11 @@ def render(config: Config, *, annotate: bool = True) -> str:
     out += ["", "[install]"] + _lines([("password_hash", config.install.password_hash)],
                                       "install.", d)
     out += ["", "[service]"] + _lines([("user", config.service.user)], "service.", d)
+    a = config.admin
+    out += ["", "[admin]"] + _lines([
+        ("port", a.port), ("bind", a.bind), ("tls_cert", a.tls_cert), ("tls_key", a.tls_key),
+        ("client_ca", a.client_ca), ("boot_face", a.boot_face),
+    ], "admin.", d)
 
     i = config.ipfs
     out += ["", "[ipfs]"] + _lines([

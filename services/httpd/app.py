@@ -17,6 +17,7 @@ import falcon
 from ...common.bus.events import HTTP_IMAGE
 from ...common.config import Config
 from ...common.errors import AstralBootError, BusTimeout, ErrorCode, RemoteError
+from ...common.names import ipv4_text
 from . import actions, api, boot, images, menus
 from .auth import AdminAuth
 from .catalog import Catalog, Directory
@@ -89,6 +90,19 @@ def _template(req: falcon.Request, resp: falcon.Response, ex: TemplateError,
     raise falcon.HTTPInternalServerError(title="template error", description=str(ex))
 
 
+class PeerAddress:
+    """IPv4 clients on a dual-stack socket (systemd's ``ListenStream=80``) arrive as
+    ``::ffff:192.0.2.7``: every resource sees the plain IPv4 address, which is
+    what leases, events and templates are keyed by."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        addr = req.env.get("REMOTE_ADDR", "")
+        if addr[:7].lower() == "::ffff:":
+            plain = ipv4_text(addr)
+            if plain is not None:
+                req.env["REMOTE_ADDR"] = plain
+
+
 class HttpdApp(falcon.App):
     """falcon's App plus handles on the parts tests and the runner look at."""
 
@@ -99,14 +113,17 @@ class HttpdApp(falcon.App):
 
 
 def create_app(store: StoreClient, config: Config, *, metrics: Metrics | None = None,
-               catalog: Catalog | None = None, directory: Directory | None = None) -> HttpdApp:
+               catalog: Catalog | None = None, directory: Directory | None = None,
+               admin_listener: tuple[str, int] | None = None) -> HttpdApp:
     metrics = metrics or Metrics()
     catalog = catalog or Catalog(store)
     directory = directory or Directory(store)
     reporter = Reporter(store, directory.mac_for_ip, metrics.stage)
 
     admin = frozenset(route for route, label in ROUTES.items() if label in ("api", "metrics"))
-    app = HttpdApp(middleware=[MetricsMiddleware(metrics, ROUTES), AdminAuth(store, admin)])
+    auth = AdminAuth(store, admin, listener=admin_listener,
+                     boot_face_admin=config.admin.boot_face or admin_listener is None)
+    app = HttpdApp(middleware=[PeerAddress(), MetricsMiddleware(metrics, ROUTES), auth])
     app.req_options.strip_url_path_trailing_slash = False
     app.reporter, app.catalog, app.directory, app.metrics = reporter, catalog, directory, metrics
 

@@ -32,6 +32,7 @@ from .store import StoreClient
 log = logging.getLogger(__name__)
 
 READS = frozenset(("GET", "HEAD", "OPTIONS"))
+OPEN_ON_BOTH = frozenset(("/api/health",))
 STALE_OK = 600.0  # seconds a token's last good check stands in while the store is down
 KNOWN_MAX = 1024  # tokens whose last good check is remembered
 CHALLENGE = 'Bearer realm="astralboot admin"'
@@ -45,16 +46,30 @@ def _unauthorized(description: str) -> falcon.HTTPUnauthorized:
 class AdminAuth:
     """falcon middleware: which routes need a token, and checking it."""
 
-    def __init__(self, store: StoreClient, admin_routes: frozenset[str]) -> None:
+    def __init__(self, store: StoreClient, admin_routes: frozenset[str], *,
+                 listener: tuple[str, int] | None = None, boot_face_admin: bool = True) -> None:
         self.store = store
         self.admin_routes = admin_routes
+        # [admin] port: requests that came in on it (gunicorn names the
+        # listener in SERVER_NAME/PORT) see the admin face only; the boot
+        # listener keeps it only with [admin] boot_face.
+        self.listener = (listener[0], str(listener[1])) if listener else None
+        self.boot_face_admin = boot_face_admin
         self._warnings = SenderLimit()
         self._known: dict[str, tuple[TokenInfo, float]] = {}  # digest -> (token, checked at)
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          params: dict[str, object]) -> None:
-        if req.uri_template not in self.admin_routes:
+        admin_route = req.uri_template in self.admin_routes
+        at_admin = self.listener is not None and (
+            req.env.get("SERVER_NAME"), req.env.get("SERVER_PORT")) == self.listener
+        if at_admin and not admin_route and req.uri_template not in OPEN_ON_BOTH:
+            raise falcon.HTTPNotFound(title="not on the admin face")
+        if not admin_route:
             return
+        if not at_admin and not self.boot_face_admin:
+            raise falcon.HTTPNotFound(title="the admin face is on its own listener",
+                                      description="[admin] port; [admin] boot_face = false")
         token = self.authenticate(req)
         if req.method not in READS and token.scope != "write":
             raise falcon.HTTPForbidden(title="forbidden",

@@ -18,6 +18,8 @@ import errno
 import logging
 import os
 import socket
+import ssl
+from dataclasses import dataclass
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -107,21 +109,54 @@ def inherited_socket() -> socket.socket | None:
     return sock
 
 
-def client_limits(config: Config) -> ClientLimits:
+def client_limits(config: Config, admin: Listener | None = None) -> ClientLimits:
     return ClientLimits(header_timeout=config.http.header_timeout,
                         body_timeout=config.http.body_timeout,
-                        per_client=config.http.per_client, max_head=MAX_HEAD)
+                        per_client=config.http.per_client, max_head=MAX_HEAD,
+                        admin=admin.address if admin else None,
+                        tls=admin.tls if admin else None)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """The admin face's own listening socket, and its TLS if any."""
+
+    sock: socket.socket
+    address: tuple[str, int]
+    tls: ssl.SSLContext | None
+
+
+def admin_listener(config: Config) -> Listener | None:
+    """``[admin] port``: a listener for the API and metrics only, TLS and mTLS if asked."""
+    admin = config.admin
+    if not admin.port:
+        return None
+    tls = None
+    if admin.tls_cert is not None:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            tls.load_cert_chain(admin.tls_cert, admin.tls_key)
+            if admin.client_ca is not None:
+                tls.load_verify_locations(cafile=admin.client_ca)
+                tls.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: no certificate, no entry
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError("httpd", f"[admin] TLS: {exc}") from None
+    sock = listen(admin.bind, admin.port)
+    host, port = sock.getsockname()[:2]
+    return Listener(sock, (host, port), tls)
 
 
 def options(config: Config, fd: int, *, worker_class: str | None = None,
-            workers: int | None = None, threads: int | None = None) -> dict[str, Any]:
+            workers: int | None = None, threads: int | None = None,
+            admin: Listener | None = None, admin_fd: int | None = None) -> dict[str, Any]:
     """gunicorn's settings; ``worker_class`` (e.g. "gthread", "sync") is for bench/."""
     level = {"trace": "debug"}.get(config.log_level, config.log_level)
     return {
-        "bind": [f"fd://{fd}"],
+        "bind": [f"fd://{fd}"] + ([f"fd://{admin_fd}"] if admin_fd is not None else []),
         "workers": workers or config.http.workers,
         "threads": threads or config.http.threads,
-        "worker_class": worker_class or httpd_worker(client_limits(config)),
+        "worker_class": worker_class or httpd_worker(client_limits(config, admin)),
         "keepalive": KEEPALIVE,
         "limit_request_line": LIMIT_REQUEST_LINE,
         "limit_request_fields": LIMIT_REQUEST_FIELDS,
@@ -152,24 +187,38 @@ def run(config: Config, **overrides: Any) -> int:
     else:
         sock = listen(config.http.bind, config.http.port)
     master = os.getpid()
+    admin = None
     try:
+        admin = admin_listener(config)
         # Port 80 is bound: gunicorn, falcon and Jinja2 never run as root.
         drop(config, "httpd", [config.runtime_dir, config.store.cache])
         metrics = Metrics.prepare(config.runtime_dir / f"httpd-{config.http.port}.metrics")
         bus = SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline,
                             curve=client_curve(config, "httpd"))
-        app = create_app(BusStore(bus, config.store.cache, config.store.cache_max), config, metrics=metrics)
+        app = create_app(BusStore(bus, config.store.cache, config.store.cache_max), config,
+                         metrics=metrics, admin_listener=admin.address if admin else None)
         log.info("httpd on %s:%d (public URL %s), %s workers x %s threads, store at %s",
                  config.http.bind, config.http.port, config.http.public_url,
                  overrides.get("workers") or config.http.workers,
                  overrides.get("threads") or config.http.threads, config.bus.endpoint)
+        if admin is not None:
+            log.info("admin face on %s:%d (%s)", *admin.address,
+                     "mutual TLS" if config.admin.client_ca else
+                     "TLS" if admin.tls else "plain HTTP")
         fd = os.dup(sock.fileno())  # gunicorn owns (and closes) this one
         os.set_inheritable(fd, True)
+        admin_fd = None
+        if admin is not None:
+            admin_fd = os.dup(admin.sock.fileno())
+            os.set_inheritable(admin_fd, True)
         try:
-            _Gunicorn(app, options(config, fd, **overrides)).run()
+            _Gunicorn(app, options(config, fd, admin=admin, admin_fd=admin_fd,
+                                   **overrides)).run()
         except SystemExit as exc:  # the arbiter (or a worker) exits when it has stopped
             return int(exc.code or 0) if not isinstance(exc.code, str) else 1
         return 0
     finally:
         if os.getpid() == master:
             sock.close()
+            if admin is not None:
+                admin.sock.close()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ...common.bus.schema import Request
 from ...common.errors import ErrorCode, RemoteError
 from ...common.messages import (BootEvent, ContentEntry, ContentList, ContentListReply,
                                 ContentStat, ContentStatReply, EventList, EventListReply,
@@ -91,15 +92,20 @@ class BusStore:
 
     # -- machines and leases ------------------------------------------------
 
-    def machine(self, mac: str) -> MachineRecord | None:
+    def _found(self, request: Request, kind: type) -> Any:
+        """The reply of ``kind`` to ``request``, or None when the store has no such thing."""
         try:
-            reply = self.bus.call(MachineGet(mac=mac))
+            reply = self.bus.call(request)
         except RemoteError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 return None
             raise
-        _expect(reply, MachineReply)
-        return reply.machine  # type: ignore[attr-defined, no-any-return]
+        _expect(reply, kind)
+        return reply
+
+    def machine(self, mac: str) -> MachineRecord | None:
+        reply = self._found(MachineGet(mac=mac), MachineReply)
+        return reply.machine if reply else None
 
     def set_machine(self, change: MachineSet) -> MachineRecord:
         reply = self.bus.call(change)
@@ -112,14 +118,7 @@ class BusStore:
         return list(reply.machines)  # type: ignore[attr-defined]
 
     def lease_for_ip(self, ip: str) -> LeaseReply | None:
-        try:
-            reply = self.bus.call(LeaseLookup(ip=ip))
-        except RemoteError as exc:
-            if exc.code is ErrorCode.NOT_FOUND:
-                return None
-            raise
-        _expect(reply, LeaseReply)
-        return reply  # type: ignore[return-value]
+        return self._found(LeaseLookup(ip=ip), LeaseReply)  # type: ignore[no-any-return]
 
     def leases(self, state: LeaseState | None = None,
                subnet: str | None = None) -> list[LeaseRecord]:
@@ -182,11 +181,5 @@ class BusStore:
         return reply  # type: ignore[return-value]
 
     def token(self, digest: str) -> TokenInfo | None:
-        try:
-            reply = self.bus.call(TokenCheck(digest=digest))
-        except RemoteError as exc:
-            if exc.code is ErrorCode.NOT_FOUND:
-                return None
-            raise
-        _expect(reply, TokenReply)
-        return reply.token  # type: ignore[attr-defined, no-any-return]
+        reply = self._found(TokenCheck(digest=digest), TokenReply)
+        return reply.token if reply else None

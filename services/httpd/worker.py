@@ -27,6 +27,7 @@ import errno
 import logging
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -56,6 +57,8 @@ class ClientLimits:
     body_timeout: float    # seconds a served client may send nothing or take nothing
     per_client: int        # connections per client address, in one worker process
     max_head: int          # bytes of request line and headers together
+    admin: tuple[str, int] | None = None  # the admin face's own listener, if any
+    tls: ssl.SSLContext | None = None  # ... and its TLS (handshake in the main loop too)
 
 
 class HeadState(enum.Enum):
@@ -137,6 +140,7 @@ class _Conn(TConn):  # type: ignore[misc]
         self.deadline = 0.0
         self.drained = 0
         self.closed = False
+        self.tls = False
 
     def close(self, graceful: bool = False) -> None:
         if not self.closed:
@@ -185,7 +189,51 @@ class HttpdWorker(ThreadWorker):  # type: ignore[misc]
             return
         self._per_client[peer] = count + 1
         self.nr_conns += 1
-        self._read_head(_Conn(self.cfg, sock, client, listener.getsockname(), self._release))
+        server = listener.getsockname()
+        conn = _Conn(self.cfg, sock, client, server, self._release)
+        if self.limits.tls is not None and tuple(server[:2]) == self.limits.admin:
+            self._handshake(conn)
+            return
+        self._read_head(conn)
+
+    # -- TLS on the admin listener, in the main loop ---------------------------
+
+    def _handshake(self, conn: _Conn) -> None:
+        assert self.limits.tls is not None
+        try:
+            conn.sock = self.limits.tls.wrap_socket(conn.sock, server_side=True,
+                                                    do_handshake_on_connect=False)
+        except (OSError, ValueError):
+            self._close(conn)
+            return
+        conn.tls = True
+        conn.sock.setblocking(False)
+        conn.deadline = time.monotonic() + self.limits.header_timeout
+        conn.head = RequestHead(self.limits.max_head)  # so the timeout sweep finds it
+        self._heads[conn] = None
+        self.poller.register(conn.sock, selectors.EVENT_READ,
+                             partial(self._on_handshake, conn))
+        self._on_handshake(conn, conn.sock)
+
+    def _on_handshake(self, conn: _Conn, _sock: Any) -> None:
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.poller.modify(conn.sock, selectors.EVENT_READ, partial(self._on_handshake, conn))
+            return
+        except ssl.SSLWantWriteError:
+            self.poller.modify(conn.sock, selectors.EVENT_WRITE, partial(self._on_handshake, conn))
+            return
+        except (ssl.SSLError, OSError) as exc:  # no certificate, a wrong one, or gone
+            log.info("%s: TLS handshake on the admin face failed: %s", conn.peer,
+                     getattr(exc, "reason", None) or exc)
+            self._unwatch_head(conn)
+            self._close(conn)
+            return
+        self._unwatch_head(conn)
+        self._read_head(conn)
+        if conn in self._heads:
+            self._on_head_readable(conn, conn.sock)
 
     def _release(self, peer: str) -> None:
         count = self._per_client.pop(peer, 1) - 1
@@ -216,7 +264,11 @@ class HttpdWorker(ThreadWorker):  # type: ignore[misc]
     def _on_head_readable(self, conn: _Conn, _sock: Any) -> None:
         try:
             data = conn.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            if conn.tls:  # decrypted bytes may wait in TLS's buffer, unseen by the poller
+                while conn.sock.pending():
+                    data += conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
             return
         except OSError:
             data = b""
@@ -292,6 +344,9 @@ class HttpdWorker(ThreadWorker):  # type: ignore[misc]
 
     def _linger(self, conn: _Conn) -> None:
         """Half-close and drain, so the client reads the answer instead of a reset."""
+        if conn.tls:  # a TLS shutdown is not a half-close: just end it
+            self._close(conn)
+            return
         try:
             conn.sock.setblocking(False)
             conn.sock.shutdown(socket.SHUT_WR)

@@ -18,6 +18,7 @@ from astralboot.common.bus import server as bus_server
 from astralboot.common.bus.events import boot_event
 from astralboot.common.bus.client import AsyncBusClient, SyncBusClient
 from astralboot.common.bus.frames import pack, unpack
+from astralboot.common.bus.schema import Reply
 from astralboot.common.errors import BusTimeout, ErrorCode, RemoteError
 from astralboot.common.messages import (ErrorReply, EventReport, Health, HealthReply,
                                         MachineGet, MachineRecord, MachineReply)
@@ -68,17 +69,18 @@ class EchoStore:
                 if self.drop_first and req.request_id not in self.seen:
                     self.seen.add(req.request_id)
                     continue
-                if isinstance(req, MachineGet) and req.mac == "missing":
-                    reply = bus_server.error(ErrorCode.NOT_FOUND, "no such machine")
-                elif isinstance(req, MachineGet):
-                    reply = MachineReply(machine=MachineRecord(mac=req.mac, name="node1"))
-                else:
-                    reply = bus_server.health_reply("store", 0.0, {"ready": True})
-                answer = bus_server.encode(incoming, reply)
+                answer = bus_server.encode(incoming, self.reply_for(req))
             if answer is not None:
                 sock.send_multipart(answer)
         sock.close(0)
         ctx.term()
+
+    def reply_for(self, req: object) -> Reply:
+        if isinstance(req, MachineGet) and req.mac == "missing":
+            return bus_server.error(ErrorCode.NOT_FOUND, "no such machine")
+        if isinstance(req, MachineGet):
+            return MachineReply(machine=MachineRecord(mac=req.mac, name="node1"))
+        return bus_server.health_reply("store", 0.0, {"ready": True})
 
 
 def free_tcp_port() -> int:
@@ -280,20 +282,11 @@ def test_bad_frames_get_answers_or_are_dropped_and_serving_goes_on(short_tmp: Pa
 class WrongStore(EchoStore):
     """Answers every MachineGet with another machine's record (a crossed reply)."""
 
-    def _serve(self) -> None:
-        ctx = zmq.Context()
-        sock = bus_server.request_socket(ctx)
-        bus_server.bind(sock, self.endpoint, "store")
-        self._ready.set()
-        while not self._stop.is_set():
-            if not sock.poll(50):
-                continue
-            incoming, _ = bus_server.decode(sock.recv_multipart(), self.stats)
-            if incoming is not None and isinstance(incoming.request, MachineGet):
-                other = MachineRecord(mac="02:00:00:00:00:99", name="someone-else")
-                sock.send_multipart(bus_server.encode(incoming, MachineReply(machine=other)))
-        sock.close(0)
-        ctx.term()
+    def reply_for(self, req: object) -> Reply:
+        if isinstance(req, MachineGet):
+            return MachineReply(machine=MachineRecord(mac="02:00:00:00:00:99",
+                                                      name="someone-else"))
+        return super().reply_for(req)
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])

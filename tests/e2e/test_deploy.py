@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from astralboot.common.datafolder import create as create_data_folder
@@ -22,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "deploy" / "systemd"
 SUPERVISORD = REPO / "deploy" / "supervisord" / "astralboot.conf"
 SERVICES = ("store", "dhcpd", "tftpd", "httpd")
+NOBODY = pwd.getpwnam("nobody")
 
 
 def units() -> list[Path]:
@@ -90,8 +93,14 @@ def test_supervisord_runs_all_four_and_revives_a_killed_one(lab: Lab, short_tmp:
     create_data_folder(short_tmp / "data")
     logs = short_tmp / "logs"
     logs.mkdir()
+    # The service user owns its state, as on a real host (here: nobody).
+    for path in [short_tmp, *short_tmp.rglob("*")]:
+        if path != logs:
+            os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+    short_tmp.chmod(0o755)
     env = {**os.environ, "ASTRALBOOT": str(Path(sys.executable).parent / "astralboot"),
-           "ASTRALBOOT_CONFIG": str(config), "ASTRALBOOT_LOGS": str(logs)}
+           "ASTRALBOOT_CONFIG": str(config), "ASTRALBOOT_LOGS": str(logs),
+           "ASTRALBOOT_USER": "nobody", "ASTRALBOOT_GROUP": "nogroup"}
     supervisord = Path(sys.executable).parent / "supervisord"
     supervisorctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(SUPERVISORD)]
     proc = lab.server.popen([str(supervisord), "-c", str(SUPERVISORD)], env=env,
@@ -101,6 +110,9 @@ def test_supervisord_runs_all_four_and_revives_a_killed_one(lab: Lab, short_tmp:
         status = _wait_status(lab, config, ok=True)
         assert status.returncode == 0, status.stdout + status.stderr
         pids = _pids(status.stdout)
+        for name, pid in pids.items():  # no program ever runs as root
+            uids = psutil.Process(pid).uids()
+            assert (uids.real, uids.effective, uids.saved) == (NOBODY.pw_uid,) * 3, name
         os.kill(pids["dhcpd"], signal.SIGKILL)
         status = _wait_status(lab, config, ok=True, changed_from=pids)
         assert status.returncode == 0

@@ -24,7 +24,8 @@ from httpd_support import BUNDLED, admin_token
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import load
 from astralboot.common.lab.stack import Stack, astralboot_argv, write_config
-from astralboot.common.messages import (EventList, LeaseCommit, LeaseOffer, MachineSet)
+from astralboot.common.messages import (EventList, LeaseCommit, LeaseOffer, MachineSet,
+                                        TokenList, TokenListReply, TokenRevoke)
 
 INITRD = os.urandom(3 * 1024 * 1024 + 17)
 SHA = hashlib.sha256(INITRD).hexdigest()
@@ -224,3 +225,33 @@ def test_sigterm_stops_httpd_cleanly(tmp_path: Path) -> None:
             assert curl(url(port, "/choose")).returncode != 0  # nothing listens any more
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_admin_routes_want_tokens_the_boot_routes_do_not(site: tuple[Stack, int, Path]) -> None:
+    """Real gunicorn, real store: 401 without a token or with a revoked one, 403 for a
+    read-only token on a write; the boot face answers anyone."""
+    stack, port, _ = site
+    endpoint = load(stack.config).bus.endpoint
+    writer, reader = admin_token(endpoint), admin_token(endpoint, scope="read")
+
+    def code(path: str, *args: str) -> str:
+        out = curl("-o", "/dev/null", "-w", "%{http_code}", *args, url(port, path)).stdout
+        return out.decode()
+    admin = ["/api/machines", f"/api/machines/{MAC}", "/api/leases", "/api/events",
+             "/api/content?path=boot", "/metrics"]
+    for path in admin:
+        assert code(path) == "401", path
+        assert code(path, "-H", f"Authorization: Bearer {reader}") == "200", path
+    body = ["-X", "PATCH", "-H", "Content-Type: application/json", "-d",
+            '{"labels": {"a": "b"}}']
+    assert code(f"/api/machines/{MAC}", *body) == "401"
+    assert code(f"/api/machines/{MAC}", *body, "-H", f"Authorization: Bearer {reader}") == "403"
+    assert code(f"/api/machines/{MAC}", *body, "-H", f"Authorization: Bearer {writer}") == "200"
+    with SyncBusClient(endpoint, deadline=5) as bus:
+        listed = bus.call(TokenList())
+        assert isinstance(listed, TokenListReply)
+        for token in listed.tokens:
+            bus.call(TokenRevoke(name=token.name))
+    assert code("/api/leases", "-H", f"Authorization: Bearer {writer}") == "401"
+    for path in ("/choose", f"/boot/debian/{MAC}", "/image/debian/linux", "/api/health"):
+        assert code(path) == "200", path

@@ -232,3 +232,12 @@ def test_installs_get_the_sites_password_hash_never_a_shipped_one(
         assert r.status_code == 200, r.text
         assert line.format(expected) in r.text
         assert "astralbootsalt" not in r.text and "$6$" not in r.text.replace(site_hash, "")
+
+
+def test_a_client_on_a_dual_stack_socket_is_known_by_its_ipv4_address(
+        client: Client, fake: FakeStore) -> None:
+    """systemd's ListenStream=80 hands IPv4 clients over as ::ffff:a.b.c.d."""
+    fake.add_machine(MAC, ip=IP, os="debian", name="db1")
+    r = client.simulate_get("/action/debian/preseed", remote_addr=f"::ffff:{IP}")
+    assert r.status_code == 200 and "d-i netcfg/get_hostname string db1\n" in r.text
+    assert fake.reported[-1].ip == IP
