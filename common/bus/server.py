@@ -60,7 +60,9 @@ def bind(sock: zmq.Socket, endpoint: str, service: str, *, answers_health: bool 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StartupError(service, f"cannot create {path.parent}: {exc.strerror}") from None
+            raise StartupError(service, f"cannot create {path.parent}: {exc.strerror} (the socket "
+                                        "folder: set runtime_dir, or [bus] endpoint/events, "
+                                        "to one this user may write)") from None
         if path.exists():
             if answers_health and _answers_health(endpoint):
                 raise StartupError(service, f"another process already serves {endpoint}")
@@ -73,7 +75,9 @@ def bind(sock: zmq.Socket, endpoint: str, service: str, *, answers_health: bool 
             zmq.EACCES: "permission denied",
             zmq.EADDRNOTAVAIL: "address not available on this host",
         }.get(exc.errno, exc.strerror)
-        raise StartupError(service, f"cannot bind {endpoint}: {reason}") from None
+        where = (" (runtime_dir, or [bus] endpoint/events)" if path is not None
+                 and exc.errno == zmq.EACCES else "")
+        raise StartupError(service, f"cannot bind {endpoint}: {reason}{where}") from None
 
 
 def request_socket(context: zmq.Context, *, hwm: int = 1000) -> zmq.Socket:

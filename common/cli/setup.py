@@ -69,6 +69,10 @@ def add_init_arguments(p: argparse.ArgumentParser) -> None:
                         "password, printed once)")
     p.add_argument("--no-token", action="store_true",
                    help="do not make the first admin API token (admin.token)")
+    p.add_argument("--system", action="store_true",
+                   help="a system install (implied for /etc/astralboot/...): config in "
+                        "/etc/astralboot readable by group astralboot, state where the "
+                        "systemd units expect it (/run, /var/lib, /var/cache/astralboot)")
 
 
 class Asker:
@@ -191,29 +195,46 @@ def _menu_default(v: str) -> str:
     return p_os_name(v)
 
 
+SYSTEM_CONFIG = Path("/etc/astralboot/config.toml")
+SYSTEM_USER = "astralboot"
+# Where the systemd units give the services room to write (RuntimeDirectory=,
+# StateDirectory=, CacheDirectory=): ProtectSystem=strict makes all else read-only.
+SYSTEM_PATHS = {
+    "runtime_dir": "/run/astralboot",
+    "data": "/var/lib/astralboot/data",
+    "store.cache": "/var/cache/astralboot",
+    "store.database": "sqlite:////var/lib/astralboot/astralboot.db",
+}
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     dns = [ip for entry in args.dns for ip in _ips(entry)] if args.dns else None
+    system = SYSTEM_PATHS if args.system else {}
     return {
+        **{k: v for k, v in system.items() if k not in ("data", "store.database")},
         "interface": args.interface,
         "address": args.address,
         "gateway": args.gateway,
         "dns": dns,
         "domain": args.domain,
-        "data": args.data,
+        "data": args.data or system.get("data"),
         "dhcp.range": args.range_,
         "dhcp.proxy": True if args.proxy else None,
         "tftp.port": args.tftp_port,
         "http.port": args.http_port,
         "ipfs.enabled": args.ipfs if args.ipfs is not None else None,
         "ipfs.api": args.ipfs_api,
-        "store.database": args.db,
+        "store.database": args.db or system.get("store.database"),
         "menu.default": args.menu_default,
         "install.password_hash": args.password_hash,
     }
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.system and args.config == "config.toml":
+        args.config = str(SYSTEM_CONFIG)
     path = Path(args.config).absolute()
+    args.system = args.system or path.parent == SYSTEM_CONFIG.parent
     if path.exists() and not args.force:
         print(f"astralboot init: {path} exists; use --force to replace it", file=sys.stderr)
         return 2
@@ -243,6 +264,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         config = load(tmp)  # every value checked before it replaces anything
+        if args.system:
+            _readable_by_the_service(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -255,6 +278,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"menu default: {config.menu.default}: a machine nobody assigned INSTALLS it")
     if not args.no_token:
         _first_token(config)
+    if args.system:
+        _state_to_the_service(config)
     if not args.no_data:
         # The temporary file sat beside the final one, so its paths are the final ones.
         for line in create_data_folder(config.data):
@@ -263,8 +288,45 @@ def cmd_init(args: argparse.Namespace) -> int:
     if config.ipfs.enabled and config.ipfs.root is None:
         print("IPFS: no refs.toml yet; `astralboot publish` adds the data folder to IPFS "
               "and writes it")
-    print(f"next: astralboot serve -c {path}")
+    if args.system:
+        print("next: systemctl enable --now astralboot.target (or supervisord, see README)")
+    else:
+        print(f"next: astralboot serve -c {path}")
     return 0
+
+
+def _service_ids() -> tuple[int, int] | None:
+    import pwd
+    try:
+        entry = pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _readable_by_the_service(path: Path) -> None:
+    """config.toml: root's, readable by group astralboot, nobody else (it holds secrets' paths)."""
+    ids = _service_ids()
+    if ids is None:
+        print(f"note: no user {SYSTEM_USER} yet (systemd-sysusers "
+              "/usr/lib/sysusers.d/astralboot.conf makes it): config.toml stays root's alone; "
+              f"run `chgrp {SYSTEM_USER} {path} && chmod 640 {path}` afterwards")
+        os.chmod(path, 0o600)
+        return
+    os.chown(path, 0, ids[1])
+    os.chmod(path, 0o640)
+
+
+def _state_to_the_service(config: Any) -> None:
+    """What init made that the services write (the database its token went into)."""
+    ids = _service_ids()
+    if ids is None or os.geteuid() != 0:
+        return
+    from ..privileges import database_files
+    for item in database_files(config.store.database):
+        target = getattr(item, "path", item)
+        if target.exists() and target != config.data:
+            os.chown(target, *ids)
 
 
 def _flag(path: Path, key: str, check: Callable[[Any], Any], value: Any) -> Any:

@@ -344,7 +344,11 @@ def load(path: str | os.PathLike[str], *, require_interface: bool = False) -> Co
     except FileNotFoundError:
         raise ConfigError(file, "(file)", "not found; create it with `astralboot init`") from None
     except OSError as exc:
-        raise ConfigError(file, "(file)", f"cannot read: {exc.strerror}") from None
+        hint = ""
+        if isinstance(exc, PermissionError):
+            hint = (f" (running as uid {os.geteuid()}: the file must be readable by the "
+                    "service user; `astralboot init --system` writes it 0640, group astralboot)")
+        raise ConfigError(file, "(file)", f"cannot read: {exc.strerror}{hint}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "(syntax)", str(exc)) from None
     except UnicodeDecodeError:

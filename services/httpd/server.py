@@ -192,7 +192,11 @@ def run(config: Config, **overrides: Any) -> int:
         admin = admin_listener(config)
         # Port 80 is bound: gunicorn, falcon and Jinja2 never run as root.
         drop(config, "httpd", [config.runtime_dir, config.store.cache])
-        metrics = Metrics.prepare(config.runtime_dir / f"httpd-{config.http.port}.metrics")
+        try:
+            metrics = Metrics.prepare(config.runtime_dir / f"httpd-{config.http.port}.metrics")
+        except OSError as exc:
+            raise StartupError("httpd", f"cannot write {config.runtime_dir} (runtime_dir): "
+                                        f"{exc.strerror}") from None
         bus = SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline,
                             curve=client_curve(config, "httpd"))
         app = create_app(BusStore(bus, config.store.cache, config.store.cache_max), config,

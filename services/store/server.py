@@ -554,7 +554,8 @@ def open_database(config: Config) -> Database:
         database.sync_pools(config.dhcp.subnets)
     except Exception as exc:  # any driver error at start-up is the operator's to see
         reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise StartupError(SERVICE, f"database {describe(url)}: {reason}") from exc
+        raise StartupError(SERVICE, f"database {describe(url)} ([store] database): "
+                                    f"{reason}") from exc
     return database
 
 
@@ -588,7 +589,8 @@ def build(config: Config) -> StoreServer:
         config.store.cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         database.close()
-        raise StartupError(SERVICE, f"cannot create cache folder {config.store.cache}: "
+        raise StartupError(SERVICE, f"cannot create cache folder {config.store.cache} ([store] "
+                                    "cache): "
                                     f"{exc.strerror}") from None
     cache.remove_stale_temporaries()
     return StoreServer(config, database, service, ContentStore(content_source(config), cache))

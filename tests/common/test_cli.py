@@ -207,3 +207,30 @@ def test_module_entry_point_is_the_console_script() -> None:
     result = subprocess.run([sys.executable, "-m", "astralboot.common.cli", "--version"],
                             capture_output=True, text=True)
     assert result.returncode == 0
+
+
+def test_init_system_puts_state_where_the_units_give_room(short_tmp: Path) -> None:
+    path = short_tmp / "etc" / "config.toml"
+    result = cli("init", "--non-interactive", "--system", "-c", str(path), "--interface", "br0",
+                 "--address", "192.0.2.1", "--no-data", "--no-token")
+    assert result.returncode == 0, result.stderr
+    config = load(path)
+    assert str(config.runtime_dir) == "/run/astralboot"
+    assert str(config.data) == "/var/lib/astralboot/data"
+    assert str(config.store.cache) == "/var/cache/astralboot"
+    assert config.store.database == "sqlite:////var/lib/astralboot/astralboot.db"
+    assert path.stat().st_mode & 0o007 == 0  # not readable by others
+    assert "systemctl enable --now astralboot.target" in result.stdout
+
+
+def test_a_config_the_service_cannot_read_says_how_to_fix_it(short_tmp: Path) -> None:
+    path = short_tmp / "config.toml"
+    path.write_text('interface = "br0"\naddress = "192.0.2.1"\n')
+    path.chmod(0o600)
+    short_tmp.chmod(0o755)
+    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                             *astralboot_argv("config", "show", "-c", str(path))],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "cannot read: Permission denied" in result.stderr
+    assert "init --system" in result.stderr and "group astralboot" in result.stderr
