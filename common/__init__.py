@@ -1,3 +1,3 @@
 """Code shared by every AstralBoot service: bus, configuration, CLI."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
