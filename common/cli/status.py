@@ -24,6 +24,9 @@ def add_status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=2.0,
                    help="seconds to wait for each service (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="ask again until every service is up, for at most this long "
+                        "(after a start: dhcpd first listens for other DHCP servers)")
 
 
 def _uptime(started: float | None) -> str:
@@ -48,6 +51,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = load(args.config)
     services = tuple(args.service) if args.service else SERVICES
     results = check_all(config, services, args.timeout)
+    deadline = time.monotonic() + args.wait
+    while not all(h.ready for h in results) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        results = check_all(config, services, args.timeout)
     if args.json:
         print(json.dumps([h.__dict__ for h in results], indent=2, default=str))
     else:

@@ -16,7 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from astralboot.common.bus.events import EventSubscriber
+from astralboot.common.config import Config, load
 from astralboot.common.datafolder import create as create_data_folder
+from astralboot.common.lab.boot import Timeline, wait_for_stage
+from astralboot.common.lab.guest import Guest, stop
 from astralboot.common.lab.netns import Lab
 from astralboot.common.lab.stack import astralboot_argv, write_config
 
@@ -87,9 +91,12 @@ def test_every_supervisord_program_runs_an_astralboot_service() -> None:
 
 
 @pytest.mark.netns
-def test_supervisord_runs_all_four_and_revives_a_killed_one(lab: Lab, short_tmp: Path) -> None:
+@pytest.mark.qemu
+def test_supervisord_runs_all_four_as_the_user_boots_a_machine_and_revives_a_killed_one(
+        lab: Lab, short_tmp: Path) -> None:
     config = write_config(short_tmp, interface=lab.bridge, address=lab.server_address,
-                          data=short_tmp / "data")
+                          data=short_tmp / "data",
+                          extra={"menu.default": "debian", "menu.timeout": 2})
     create_data_folder(short_tmp / "data")
     logs = short_tmp / "logs"
     logs.mkdir()
@@ -127,6 +134,9 @@ def test_supervisord_runs_all_four_and_revives_a_killed_one(lab: Lab, short_tmp:
                 break
             time.sleep(0.5)
         assert ctl.stdout.count("RUNNING") == 4, ctl.stdout
+        # A machine boots against the programs as supervisord runs them.
+        stages = _boot_to_preseed(lab, short_tmp, load(config))
+        assert "dhcp.ack" in stages and "http.image" in stages, stages
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -168,7 +178,8 @@ def test_httpd_takes_port_80_from_systemd_socket_activation(lab: Lab, short_tmp:
                           data=short_tmp / "data", http_port=8081)
     create_data_folder(short_tmp / "data")
     with Stack(config, services=("store",), netns=lab.server):
-        httpd = lab.server.popen(["systemd-socket-activate", "-l", "192.0.2.1:80",
+        # As the socket unit does it: ListenStream=80, dual-stack (BindIPv6Only=both).
+        httpd = lab.server.popen(["systemd-socket-activate", "-l", "80",
                                   *astralboot_argv("httpd", "-c", str(config))],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  start_new_session=True)
@@ -187,3 +198,21 @@ def test_httpd_takes_port_80_from_systemd_socket_activation(lab: Lab, short_tmp:
         health.stdout + health.stderr
     assert menu.stdout.startswith("#!ipxe")
     assert own_port.returncode != 0  # it did not bind a socket of its own
+
+
+def _boot_to_preseed(lab: Lab, work: Path, config: Config) -> list[str]:
+    """A diskless BIOS guest on the lab's bridge, power-on to its preseed fetch."""
+    mac = "52:54:00:5e:00:01"
+    guest = Guest(firmware="bios", mac=mac, tap=lab.add_tap(), workdir=work)
+    with EventSubscriber(config.bus.events, mac) as sub:
+        time.sleep(0.3)
+        timeline = Timeline(powered_on=time.time())
+        qemu = guest.start(lab.server)
+        try:
+            wait_for_stage(sub, timeline, "http.template", 900,
+                           alive=lambda: qemu.poll() is None)
+        except Exception as exc:
+            raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}") from None
+        finally:
+            stop(qemu)
+    return timeline.stages()
