@@ -11,6 +11,8 @@ beforehand), so neither waits on a menu.
 
 from __future__ import annotations
 
+import sys
+
 import argparse
 import json
 import secrets
@@ -22,11 +24,11 @@ from pathlib import Path
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.bus.events import EventSubscriber
 from astralboot.common.config import load
-from astralboot.common.datafolder import create as create_data_folder
-from astralboot.common.lab.boot import ServeProcess, Timeline, wait_for_stage
-from astralboot.common.lab.guest import Guest, stop
-from astralboot.common.lab.netns import Lab
-from astralboot.common.lab.stack import write_config
+from astralboot.common.cli.datafolder import create as create_data_folder
+from astralboot.common.cli.demo.boot import ServeProcess, Timeline, wait_for_stage
+from astralboot.common.cli.demo.guest import Guest, stop
+from astralboot.common.cli.demo.netns import Lab
+from astralboot.common.cli.demo.site import write_config
 from astralboot.common.messages import MachineSet
 
 TIMEOUT = 900

@@ -39,8 +39,9 @@ from pathlib import Path
 
 import psutil
 
-from astralboot.common.lab.netns import Lab
-from astralboot.common.lab.stack import Stack, write_config
+from astralboot.common.cli.demo.netns import Lab
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test helpers (support/)
+from support.stack import Stack, write_config
 
 SERVER = "198.18.0.1"
 RELAY = "198.18.0.2"

@@ -28,7 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from astralboot.common.lab.stack import Stack, write_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test helpers (support/)
+from support.stack import Stack, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "common" / "bundled"

@@ -36,8 +36,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from astralboot.common.lab.postgres import scratch_database
-from astralboot.common.lab.stack import Stack, write_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test helpers (support/)
+from support.postgres import scratch_database
+from support.stack import Stack, write_config
 
 DRIVER = Path(__file__).with_name("store_driver.py")
 

@@ -35,8 +35,9 @@ from typing import Callable
 
 import psutil
 
-from astralboot.common.lab.netns import Host, Lab, require_root
-from astralboot.common.lab.stack import Stack, write_config
+from astralboot.common.cli.demo.netns import Host, Lab, require_root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test helpers (support/)
+from support.stack import Stack, write_config
 
 ASTRAL = "192.0.2.1"
 DNSMASQ = "192.0.2.2"

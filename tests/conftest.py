@@ -6,14 +6,17 @@ Service-specific fixtures live in each folder's own conftest.py.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from astralboot.common.lab.netns import Lab
-from astralboot.common.lab.postgres import scratch_database
+sys.path.insert(0, str(Path(__file__).parent))  # support/: the helpers tests and bench/ share
+
+from astralboot.common.cli.demo.netns import Lab  # noqa: E402
+from support.postgres import scratch_database  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,7 +1,7 @@
 """``astralboot fetch <os>``: download an OS's images from upstream, verified.
 
 What to fetch and how to check it is in ``boot/<os>/images/sources.toml``
-of the data folder (see :mod:`astralboot.common.images`).
+of the data folder (see :mod:`astralboot.common.cli.images`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..images import fetch
+    from .images import fetch
 
     config = load(args.config)
 

@@ -1,5 +1,9 @@
 """``astralboot store|dhcpd|tftpd|httpd``: one service in the foreground.
 
+The CLI (``common/cli/``) is the top layer: the only part of ``common/`` that
+knows the services. It imports each only when its command runs, so that
+``astralboot status`` does not pay for falcon, SQLAlchemy or gunicorn.
+
 Each service package exposes ``run(config) -> int``; this module loads the
 configuration, sets up logging and hands over. Exit status 2 means the
 service could not start (the reason is on stderr) and should not be
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 from .. import logs
 from ..config import Config, load
@@ -20,6 +25,11 @@ ENTRY_POINTS = {
     "tftpd": "astralboot.services.tftpd.server",
     "httpd": "astralboot.services.httpd.server",
 }
+
+
+def astralboot_argv(*args: str) -> list[str]:
+    """The command line that runs this installation's CLI (``serve`` starts its children so)."""
+    return [sys.executable, "-m", "astralboot.common.cli", *args]
 
 
 def load_config(args: argparse.Namespace, service: str | None = None) -> Config:

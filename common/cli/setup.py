@@ -21,7 +21,7 @@ from .. import netif, tokens
 from ..config import load, render, render_settings
 from ..config.load import (default_range, p_multiaddr, p_os_name, p_password_hash, p_range,
                            resolve_database)
-from ..datafolder import create as create_data_folder
+from .datafolder import create as create_data_folder
 from ..errors import ConfigError, StartupError
 from ..passwords import new_password, sha512_crypt
 

@@ -26,8 +26,7 @@ from typing import IO
 
 from ..config import SERVICES, Config
 from ..health import check
-from ..lab.stack import astralboot_argv
-from .services import load_config
+from .services import astralboot_argv, load_config
 
 log = logging.getLogger("astralboot.serve")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 import time
 from collections import Counter
@@ -15,6 +14,7 @@ import zmq
 import zmq.asyncio
 
 from astralboot.common.bus import server as bus_server
+from support.ports import free_port
 from astralboot.common.bus.events import boot_event
 from astralboot.common.bus.client import AsyncBusClient, SyncBusClient
 from astralboot.common.bus.frames import pack, unpack
@@ -83,17 +83,12 @@ class EchoStore:
         return bus_server.health_reply("store", 0.0, {"ready": True})
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(params=["ipc", "tcp"])
 def endpoint(request: pytest.FixtureRequest, short_tmp: Path) -> str:
     if request.param == "ipc":
         return f"ipc://{short_tmp / 'bus.sock'}"
-    return f"tcp://127.0.0.1:{free_tcp_port()}"
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def test_async_client_correlates_many_concurrent_requests(endpoint: str) -> None:

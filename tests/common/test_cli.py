@@ -12,8 +12,8 @@ import pexpect
 
 from astralboot.common import tokens
 from astralboot.common.config import load
-from astralboot.common.lab.netns import Lab
-from astralboot.common.lab.stack import astralboot_argv
+from astralboot.common.cli.demo.netns import Lab
+from support.stack import astralboot_argv
 
 
 def cli(*args: str, input: str | None = None, cwd: Path | None = None,

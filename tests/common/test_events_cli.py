@@ -10,7 +10,7 @@ from pathlib import Path
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.bus.events import boot_event
 from astralboot.common.config import load
-from astralboot.common.lab.stack import Stack, astralboot_argv, write_config
+from support.stack import Stack, astralboot_argv, write_config
 
 A = "52:54:00:00:00:0a"
 B = "52:54:00:00:00:0b"

@@ -8,9 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from astralboot.common.datafolder import create as create_data_folder
-from astralboot.common.lab.netns import Lab
-from astralboot.common.lab.stack import astralboot_argv, write_config
+from astralboot.common.cli.datafolder import create as create_data_folder
+from astralboot.common.cli.demo.netns import Lab
+from support.stack import astralboot_argv, write_config
 
 
 def _status(lab: Lab, config: Path) -> tuple[int, dict[str, int]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from astralboot.common import tokens
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import load
-from astralboot.common.lab.stack import Stack, write_config
+from support.stack import Stack, write_config
 from astralboot.common.messages import (ErrorReply, EventList, EventListReply, TokenCheck,
                                         TokenCreate, TokenReply)
 

@@ -19,8 +19,8 @@ from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import Config, load
 from astralboot.common.config.render import toml_value
 from astralboot.common.health import check
-from astralboot.common.lab.netns import Host, Lab
-from astralboot.common.lab.stack import Stack, write_config
+from astralboot.common.cli.demo.netns import Host, Lab
+from support.stack import Stack, write_config
 from astralboot.common.messages import (
     BootEvent,
     EventList,

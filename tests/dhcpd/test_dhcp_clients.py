@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from astralboot.common.lab.netns import Host, Lab
+from astralboot.common.cli.demo.netns import Host, Lab
 from astralboot.services.dhcpd import constants as c
 from dhcp_lab import (
     DhcpLab,

@@ -39,8 +39,8 @@ import sqlalchemy as sa
 
 from astralboot.common.config import load
 from astralboot.common.health import check
-from astralboot.common.lab.netns import Host, Lab
-from astralboot.common.lab.stack import Stack
+from astralboot.common.cli.demo.netns import Host, Lab
+from support.stack import Stack
 from astralboot.services.store.models import leases
 
 from dhcp_lab import DhcpLab, write_lab_config

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from astralboot.common.lab.netns import Lab
+from astralboot.common.cli.demo.netns import Lab
 from dhcp_lab import PROBE, serving
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from astralboot.common.lab.netns import Host, Lab
-from astralboot.common.lab.stack import Stack, StackError
+from astralboot.common.cli.demo.netns import Host, Lab
+from support.stack import Stack, StackError
 from astralboot.services.dhcpd import constants as c
 from dhcp_lab import read_env, serving, udhcpc_script, write_lab_config
 from dhcptest import client_packet, message_type

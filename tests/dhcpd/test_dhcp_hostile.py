@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 
 import pytest
-from astralboot.common.lab.netns import Lab
+from astralboot.common.cli.demo.netns import Lab
 from astralboot.common.messages import EventList, EventListReply, Health, HealthReply
 from astralboot.services.dhcpd import constants as c
 from dhcp_lab import read_env, serving, udhcpc_script

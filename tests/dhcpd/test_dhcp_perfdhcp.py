@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from astralboot.common.lab.netns import Lab
+from astralboot.common.cli.demo.netns import Lab
 from dhcp_lab import serving
 
 pytestmark = pytest.mark.netns

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from astralboot.common.errors import StartupError
-from astralboot.common.lab.netns import Lab
+from astralboot.common.cli.demo.netns import Lab
 from astralboot.services.dhcpd.sockets import ip_udp, open_udp
 from hypothesis import given
 from hypothesis import strategies as st

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from astralboot.common.errors import AstralBootError
-from astralboot.common.lab.netns import Namespace
+from astralboot.common.cli.demo.netns import Namespace
 
 SUITE = "bookworm"
 VARIANT = "minbase"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from astralboot.common.lab.netns import Lab
+from astralboot.common.cli.demo.netns import Lab
 
 from container import SystemdContainer, debian_root, root_folder
 

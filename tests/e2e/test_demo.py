@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from astralboot.common.lab.netns import leftover_namespaces
-from astralboot.common.lab.stack import astralboot_argv
+from astralboot.common.cli.demo.netns import leftover_namespaces
+from support.stack import astralboot_argv
 
 pytestmark = pytest.mark.netns
 

@@ -18,11 +18,11 @@ import pytest
 
 from astralboot.common.bus.events import EventSubscriber
 from astralboot.common.config import Config, load
-from astralboot.common.datafolder import create as create_data_folder
-from astralboot.common.lab.boot import Timeline, wait_for_stage
-from astralboot.common.lab.guest import Guest, stop
-from astralboot.common.lab.netns import Lab
-from astralboot.common.lab.stack import astralboot_argv, write_config
+from astralboot.common.cli.datafolder import create as create_data_folder
+from astralboot.common.cli.demo.boot import Timeline, wait_for_stage
+from astralboot.common.cli.demo.guest import Guest, stop
+from astralboot.common.cli.demo.netns import Lab
+from support.stack import astralboot_argv, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "deploy" / "systemd"
@@ -173,7 +173,7 @@ def _wait_status(lab: Lab, config: Path, ok: bool,
 @pytest.mark.netns
 def test_httpd_takes_port_80_from_systemd_socket_activation(lab: Lab, short_tmp: Path) -> None:
     """The systemd setup: port 80 bound by astralboot-httpd.socket, not by httpd."""
-    from astralboot.common.lab.stack import Stack
+    from support.stack import Stack
     config = write_config(short_tmp, interface=lab.bridge, address=lab.server_address,
                           data=short_tmp / "data", http_port=8081)
     create_data_folder(short_tmp / "data")

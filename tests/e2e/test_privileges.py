@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from astralboot.common.lab.netns import Lab
-from astralboot.common.lab.stack import Stack, write_config
+from astralboot.common.cli.demo.netns import Lab
+from support.stack import Stack, write_config
 
 pytestmark = pytest.mark.netns
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from astralboot.common import __version__
-from astralboot.common.lab.guest import Guest, stop
-from astralboot.common.lab.netns import Lab
+from astralboot.common.cli.demo.guest import Guest, stop
+from astralboot.common.cli.demo.netns import Lab
 
 from container import SystemdContainer, debian_root
 

@@ -27,8 +27,8 @@ from astralboot.common.errors import BusError
 from astralboot.common.messages import (Health, HealthReply, LeaseCommit, LeaseGrant,
                                         LeaseLookup, LeaseOffer, LeaseReply, MachineGet,
                                         MachineReply, MachineSet, TokenList, TokenListReply)
-from astralboot.common.lab.postgres import scratch_database
-from astralboot.common.lab.stack import write_config
+from support.postgres import scratch_database
+from support.stack import write_config
 
 REPO = Path(__file__).resolve().parents[2]
 PREVIOUS = "86b983e"  # release 0.2.0: the last commit with schema 0002 at its head

@@ -12,9 +12,10 @@ from typing import Iterator
 import pytest
 
 from astralboot.common.config import load
-from astralboot.common.lab.stack import Stack
+from support.stack import Stack
 from httpd_support import admin_token
-from test_httpd_gunicorn import free_port, make_site
+from support.ports import free_port
+from test_httpd_gunicorn import make_site
 
 
 def openssl(*args: str, cwd: Path) -> None:

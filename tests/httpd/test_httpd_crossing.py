@@ -18,7 +18,7 @@ from pathlib import Path
 
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import load
-from astralboot.common.lab.stack import Stack
+from support.stack import Stack
 from astralboot.common.messages import Health, HealthReply, MachineGet, MachineReply
 
 from httpd_support import admin_token

@@ -17,8 +17,8 @@ import pytest
 
 from httpd_support import BUNDLED
 
-from astralboot.common.images import parse_checksums, populate
-from astralboot.common.lab.stack import astralboot_argv, write_config
+from astralboot.common.cli.images import parse_checksums, populate
+from support.stack import astralboot_argv, write_config
 
 DEBIAN_NETBOOT = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
 

@@ -20,10 +20,11 @@ from typing import Iterator
 import pytest
 
 from httpd_support import BUNDLED, admin_token
+from support.ports import free_port
 
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import load
-from astralboot.common.lab.stack import Stack, astralboot_argv, write_config
+from support.stack import Stack, astralboot_argv, write_config
 from astralboot.common.messages import (EventList, LeaseCommit, LeaseOffer, MachineSet,
                                         TokenList, TokenListReply, TokenRevoke)
 
@@ -32,11 +33,6 @@ SHA = hashlib.sha256(INITRD).hexdigest()
 MAC = "52:54:00:aa:bb:01"
 CLIENT = "127.0.0.150"  # curl --interface: loopback takes any 127/8 source address
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_site(folder: Path, **extra: object) -> tuple[Path, int]:

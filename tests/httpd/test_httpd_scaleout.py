@@ -13,8 +13,8 @@ import pytest
 
 from test_httpd_gunicorn import INITRD, SHA, make_site
 
-from astralboot.common.lab.netns import Lab
-from astralboot.common.lab.stack import Stack, astralboot_argv, write_config
+from astralboot.common.cli.demo.netns import Lab
+from support.stack import Stack, astralboot_argv, write_config
 
 pytestmark = pytest.mark.netns
 

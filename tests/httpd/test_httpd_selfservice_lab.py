@@ -11,8 +11,8 @@ import pytest
 
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import load
-from astralboot.common.lab.netns import Host, Lab
-from astralboot.common.lab.stack import Stack, write_config
+from astralboot.common.cli.demo.netns import Host, Lab
+from support.stack import Stack, write_config
 from astralboot.common.messages import EventList, EventListReply, MachineGet, MachineReply
 from httpd_support import BUNDLED
 

@@ -25,9 +25,10 @@ from typing import Self
 
 import pytest
 from astralboot.common.config import load
-from astralboot.common.lab.stack import Stack, write_config
+from support.stack import Stack, write_config
 from astralboot.services.httpd.worker import HeadState, RequestHead
 from httpd_support import BUNDLED, admin_token
+from support.ports import free_port
 
 HEALTH = "127.0.0.1"                                  # the client that must be answered
 SLOW = [f"127.0.0.{n}" for n in range(2, 10)]          # 8 addresses x 25 slow clients
@@ -73,11 +74,6 @@ def test_a_head_ending_exactly_at_the_limit_is_complete() -> None:
 
 
 # -- a real httpd -----------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any, ContextManager, Iterator
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.bus.schema import Reply, Request
 from astralboot.common.config import Config, load
-from astralboot.common.lab.postgres import scratch_database
-from astralboot.common.lab.stack import Stack, write_config
+from support.postgres import scratch_database
+from support.stack import Stack, write_config
 
 BACKENDS = ("sqlite", "postgres")
 

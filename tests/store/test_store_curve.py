@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from astralboot.common.bus import security
 from astralboot.common.config import load
-from astralboot.common.lab.netns import Lab
-from astralboot.common.lab.stack import Stack, astralboot_argv, write_config
+from astralboot.common.cli.demo.netns import Lab
+from support.stack import Stack, astralboot_argv, write_config
 
 from store_lab import write_store_config
 

@@ -15,7 +15,7 @@ import zmq
 
 from astralboot.common.bus.client import AsyncBusClient
 from astralboot.common.bus.frames import pack, unpack
-from astralboot.common.lab.postgres import admin_engine
+from support.postgres import admin_engine
 from astralboot.common.messages import (Done, ErrorReply, Health, HealthReply, LeaseCommit,
                                         LeaseDecline, LeaseList, LeaseListReply, LeaseLookup,
                                         LeaseGrant, LeaseOffer, LeaseRelease, LeaseReply,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from astralboot.common.bus.client import AsyncBusClient
 from astralboot.common.config import load
-from astralboot.common.lab.stack import astralboot_argv
+from support.stack import astralboot_argv
 from astralboot.common.messages import (ContentList, ContentListReply, ContentStat,
                                         ContentStatReply, ErrorReply, Health, HealthReply,
                                         LeaseCommit, LeaseGrant, LeaseOffer)

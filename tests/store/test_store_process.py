@@ -12,7 +12,7 @@ import zmq
 
 from astralboot.common.bus.frames import pack, unpack
 from astralboot.common.bus.schema import PROTOCOL_VERSION
-from astralboot.common.lab.stack import astralboot_argv
+from support.stack import astralboot_argv
 from astralboot.common.messages import ErrorReply, Health, HealthReply, LeaseGrant, LeaseOffer
 
 from store_lab import NETWORK, StoreLab, write_store_config

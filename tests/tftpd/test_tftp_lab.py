@@ -20,8 +20,8 @@ import pytest
 
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import load
-from astralboot.common.lab.netns import Host, Lab
-from astralboot.common.lab.stack import Stack, astralboot_argv, write_config
+from astralboot.common.cli.demo.netns import Host, Lab
+from support.stack import Stack, astralboot_argv, write_config
 from astralboot.common.messages import LeaseCommit, LeaseGrant, LeaseOffer
 from astralboot.services.tftpd.packets import to_netascii
 

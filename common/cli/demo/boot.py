@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..bus.events import HTTP_TEMPLATE, EventSubscriber
-from ..config import Config
-from ..errors import AstralBootError
-from ..health import check_all
-from ..messages import BootEvent
+from ...bus.events import HTTP_TEMPLATE, EventSubscriber
+from ...config import Config
+from ...errors import AstralBootError
+from ...health import check_all
+from ...messages import BootEvent
 from .netns import Namespace
-from .stack import astralboot_argv
+from ..services import astralboot_argv
 
 
 class BootFailed(AstralBootError):

@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from ..bus.events import EventSubscriber
-from ..config import load
+from ...bus.events import EventSubscriber
+from ...config import load
 from ..datafolder import create as create_data_folder
-from ..errors import AstralBootError
-from ..lab.boot import BootFailed, ServeProcess, Timeline, wait_for_stage
-from ..lab.guest import Guest, stop
-from ..lab.netns import Lab, LabError, require_root
-from ..lab.stack import write_config
-from ..messages import BootEvent
+from ...errors import AstralBootError
+from .boot import BootFailed, ServeProcess, Timeline, wait_for_stage
+from .guest import Guest, stop
+from .netns import Lab, LabError, require_root
+from .site import write_config
+from ...messages import BootEvent
 
 NEEDED = {
     "boot/debian/images/linux": "debian-installer-12-netboot-amd64",
@@ -116,8 +116,8 @@ def _run(args: argparse.Namespace, firmware: str, mac: str, work: Path) -> int:
             _say(f"  services up in {time.monotonic() - started:.1f}s: store, dhcpd, tftpd, "
                  f"httpd (logs: {serve.log})")
             if args.assign:
-                from ..bus.client import SyncBusClient
-                from ..messages import MachineSet
+                from ...bus.client import SyncBusClient
+                from ...messages import MachineSet
                 with SyncBusClient(config.bus.endpoint) as bus:
                     bus.call(MachineSet(mac=mac, os=args.assign))
                 _say(f"  {mac} assigned {args.assign}: it boots straight into it")

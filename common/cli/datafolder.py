@@ -48,7 +48,7 @@ def create(data: Path) -> list[str]:
     _copy_tree(bundled_root(), data, created, data)
     notes = [f"created {path}" for path in created]
     try:
-        images = importlib.import_module("astralboot.common.images")
+        images = importlib.import_module("astralboot.common.cli.images")
     except ModuleNotFoundError:
         return notes
     notes.extend(images.populate(data))

@@ -1,6 +1,5 @@
-"""Running real AstralBoot services for tests, benchmarks and the demo.
+"""Running real AstralBoot services for tests and benchmarks (not shipped).
 
-:func:`write_config` writes a config.toml for a lab network;
 :class:`Stack` starts chosen services as separate ``astralboot <service>``
 processes (inside a namespace when given one), waits until each answers its
 health check, and stops them on exit. A service that exits or never becomes
@@ -12,60 +11,24 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import load, render_settings
-from ..health import check
-from ..errors import AstralBootError
-from .netns import Namespace
+from astralboot.common.cli.demo.netns import Namespace
+from astralboot.common.cli.demo.site import write_config
+from astralboot.common.cli.services import astralboot_argv
+from astralboot.common.config import load
+from astralboot.common.errors import AstralBootError
+from astralboot.common.health import check
+
+__all__ = ["ORDER", "Stack", "StackError", "astralboot_argv", "write_config"]
 
 ORDER = ("store", "dhcpd", "tftpd", "httpd")
 
 
 class StackError(AstralBootError):
     """A service of the stack did not start or died."""
-
-
-def astralboot_argv(*args: str) -> list[str]:
-    """The command line that runs this installation's CLI."""
-    return [sys.executable, "-m", "astralboot.common.cli", *args]
-
-
-def write_config(folder: Path, *, interface: str = "br0", address: str = "192.0.2.1",
-                 network: str = "192.0.2.0/24", range: str = "192.0.2.100-192.0.2.199",
-                 data: str | Path | None = None, http_port: int = 80,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Write ``folder/config.toml`` for a lab; ``extra`` maps dotted keys to values.
-
-    The runtime folder sits in ``folder`` when that keeps socket paths short
-    (UNIX socket paths are limited to about 100 characters), else in a new
-    folder under /tmp.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    runtime = folder / "run"
-    if len(str(runtime)) > 60:
-        runtime = Path(tempfile.mkdtemp(prefix="ab-run-"))
-    settings: dict[str, Any] = {
-        "interface": interface,
-        "address": address,
-        "network": network,
-        "runtime_dir": str(runtime),
-        "log_level": "info",
-        "dhcp.range": range,
-        "dhcp.rogue_guard": False,
-        "http.port": http_port,
-        "http.workers": 2,
-    }
-    if data is not None:
-        settings["data"] = str(data)
-    settings.update(extra or {})
-    path = folder / "config.toml"
-    path.write_text(render_settings(settings))
-    return path
 
 
 class Stack:
