@@ -24,10 +24,11 @@ from ...common.bus.schema import Record, record_to_dict
 from ...common.config import Config
 from ...common.errors import AstralBootError
 from ...common.messages import MACHINE_FIELDS, MachineRecord, MachineSet
-from . import boot
 from .auth import with_actor
+from .bootonce import NEXT_BOOT_LABEL, next_boot
 from .catalog import Catalog, Directory
-from .store import StoreClient
+from .inputs import check_class, check_mac, check_os, check_subpath
+from .storeclient import StoreClient
 
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
                    r"[A-Za-z0-9])?)*")
@@ -43,7 +44,7 @@ def plain(record: Record) -> dict[str, Any]:
 
 def machine_json(m: MachineRecord) -> dict[str, Any]:
     out = plain(m)
-    out["next_boot"] = boot.next_boot(m)
+    out["next_boot"] = next_boot(m)
     return out
 
 
@@ -67,7 +68,7 @@ class MachinesResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         os_name = req.get_param("os")
         if os_name is not None:
-            boot.check_os(os_name)
+            check_os(os_name)
         resp.media = {"machines": [machine_json(m) for m in self.store.machines(os=os_name)]}
 
 
@@ -77,7 +78,7 @@ class MachineResource:
         self.directory = directory
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, mac: str) -> None:
-        mac = boot.check_mac(mac)
+        mac = check_mac(mac)
         machine = self.directory.store.machine(mac)
         if machine is None:
             raise falcon.HTTPNotFound(title="unknown machine", description=f"no machine {mac}")
@@ -91,7 +92,7 @@ class MachineResource:
 
     def _change(self, req: falcon.Request, resp: falcon.Response, mac: str,
                 replace: bool) -> None:
-        mac = boot.check_mac(mac)
+        mac = check_mac(mac)
         body = req.get_media(default_when_empty=None)
         if not isinstance(body, dict):
             raise _bad("the body must be a JSON object")
@@ -124,7 +125,7 @@ class MachineResource:
             if not isinstance(os_name, str):
                 raise _bad("os must be a string")
             try:
-                info = self.catalog.os(boot.check_os(os_name))
+                info = self.catalog.os(check_os(os_name))
             except AstralBootError:
                 raise _bad(f"there is no bootable OS folder boot/{os_name}") from None
             fields["os"] = os_name
@@ -137,7 +138,7 @@ class MachineResource:
         if cls is not None:
             if not isinstance(cls, str):
                 raise _bad("class must be a string")
-            boot.check_class(cls)
+            check_class(cls)
             if info is not None and info.classes and cls not in info.classes:
                 raise _bad(f"{info.name} has no class {cls!r} (it has {', '.join(info.classes)})")
             fields["machine_class"] = cls
@@ -156,10 +157,10 @@ class MachineResource:
             fields["boot_once"] = once
         new_os = os_name is not None and (current is None or current.os != os_name)
         if (new_os or once) and "labels" not in fields and current is not None \
-                and boot.NEXT_BOOT_LABEL in current.labels:
+                and NEXT_BOOT_LABEL in current.labels:
             # A new OS or a new boot-once install means: not the disk on the next boot.
             fields["labels"] = {k: v for k, v in current.labels.items()
-                                if k != boot.NEXT_BOOT_LABEL}
+                                if k != NEXT_BOOT_LABEL}
         try:
             return MachineSet(mac=mac, clear=tuple(clear), **fields)
         except ValueError as exc:
@@ -185,7 +186,7 @@ class EventsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         mac = req.get_param("mac")
         if mac is not None:
-            mac = boot.check_mac(mac)
+            mac = check_mac(mac)
         after = _int_param(req, "after", 0, 0, 1 << 62)
         limit = _int_param(req, "limit", 1000, 1, 10000)
         events = self.store.events(mac=mac, after_id=after, limit=limit)
@@ -199,7 +200,7 @@ class ContentResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         path = req.get_param("path") or ""
         if path:
-            boot.check_subpath(path.strip("/"))
+            check_subpath(path.strip("/"))
         entry = self.store.stat(path.strip("/"))
         out = plain(entry)
         if entry.is_dir:

@@ -1,9 +1,10 @@
 """The falcon application: :func:`create_app` wires resources to a store.
 
 ``create_app(store, config)`` is all a test needs (with a fake store) and
-all gunicorn runs (with :class:`~astralboot.services.httpd.store.BusStore`).
+all gunicorn runs (with :class:`~astralboot.services.httpd.storeclient.BusStore`).
 Domain errors are mapped to HTTP once, here: a store that does not answer
-or cannot reach its content is 503 with Retry-After, never a hang.
+or cannot reach its content is 503 with Retry-After, never a hang; a miss
+is answered the same whether the store or this process noticed it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from ...common.bus.events import HTTP_IMAGE
 from ...common.config import Config
 from ...common.errors import AstralBootError, BusTimeout, ErrorCode, RemoteError
 from ...common.names import ipv4_text
-from . import actions, api, boot, images, menus
+from . import actions, api, images, menus
 from .auth import AdminAuth
 from .catalog import Catalog, Directory
+from .errors import BadInput, BadTemplate, Unserved
 from .metrics import Metrics, MetricsMiddleware, MetricsResource
+from .render import Renderer
 from .reporting import Reporter
-from .store import StoreClient
-from .templates import TemplateError
+from .storeclient import StoreClient
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ ROUTES = {
     "/metrics": "metrics",
 }
 
-_REMOTE_STATUS = {
+# By error code: what the store answered, or what httpd found itself (Unserved).
+_CODE_STATUS = {
     ErrorCode.NOT_FOUND: falcon.HTTP_404,
     ErrorCode.BAD_REQUEST: falcon.HTTP_400,
     ErrorCode.CONFLICT: falcon.HTTP_409,
@@ -69,9 +72,9 @@ def _unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception,
                                         retry_after=RETRY_AFTER)
 
 
-def _remote(req: falcon.Request, resp: falcon.Response, ex: RemoteError,
-            params: dict[str, Any]) -> None:
-    status = _REMOTE_STATUS[ex.code]
+def _coded(req: falcon.Request, resp: falcon.Response, ex: RemoteError | Unserved,
+           params: dict[str, Any]) -> None:
+    status = _CODE_STATUS[ex.code]
     if status == falcon.HTTP_503:
         _unavailable(req, resp, ex, params)
     if status == falcon.HTTP_502:
@@ -79,12 +82,12 @@ def _remote(req: falcon.Request, resp: falcon.Response, ex: RemoteError,
     raise falcon.HTTPError(status, title=ex.code.value, description=ex.detail)
 
 
-def _bad_input(req: falcon.Request, resp: falcon.Response, ex: boot.BadInput,
+def _bad_input(req: falcon.Request, resp: falcon.Response, ex: BadInput,
                params: dict[str, Any]) -> None:
     raise falcon.HTTPBadRequest(title="bad request", description=str(ex))
 
 
-def _template(req: falcon.Request, resp: falcon.Response, ex: TemplateError,
+def _template(req: falcon.Request, resp: falcon.Response, ex: BadTemplate,
               params: dict[str, Any]) -> None:
     log.error("%s %s: %s", req.method, req.path, ex)
     raise falcon.HTTPInternalServerError(title="template error", description=str(ex))
@@ -127,14 +130,14 @@ def create_app(store: StoreClient, config: Config, *, metrics: Metrics | None = 
     app.req_options.strip_url_path_trailing_slash = False
     app.reporter, app.catalog, app.directory, app.metrics = reporter, catalog, directory, metrics
 
-    maker = menus.ScriptMaker(config, catalog, directory)
-    assign = menus.AssignResource(catalog, directory, maker, reporter,
+    renderer = Renderer(config, catalog, directory)
+    assign = menus.AssignResource(catalog, directory, renderer, reporter,
                                   enabled=config.http.self_service)
     app.add_route("/choose", menus.ChooseResource(config, catalog, reporter))
     app.add_route("/choose/{os}/{mac}", assign)
     app.add_route("/class/{os}/{mac}", menus.ClassMenuResource(config, catalog, reporter))
     app.add_route("/setclass/{os}/{cls}/{mac}", assign)
-    app.add_route("/boot/{os}/{mac}", menus.BootResource(catalog, directory, maker, reporter))
+    app.add_route("/boot/{os}/{mac}", menus.BootResource(catalog, directory, renderer, reporter))
 
     app.add_route("/image/{os}/{path:path}",
                   images.FileResource(catalog, reporter, images.image_folder))
@@ -143,9 +146,9 @@ def create_app(store: StoreClient, config: Config, *, metrics: Metrics | None = 
                                                            HTTP_IMAGE))
 
     app.add_route("/action/{os}/{name}",
-                  actions.TemplateResource(config, catalog, directory, reporter, classed=False))
+                  actions.TemplateResource(renderer, directory, reporter, classed=False))
     app.add_route("/config/{os}/{name}",
-                  actions.TemplateResource(config, catalog, directory, reporter, classed=True))
+                  actions.TemplateResource(renderer, directory, reporter, classed=True))
 
     app.add_route("/api/machines", api.MachinesResource(store))
     app.add_route("/api/machines/{mac}", api.MachineResource(catalog, directory))
@@ -156,9 +159,10 @@ def create_app(store: StoreClient, config: Config, *, metrics: Metrics | None = 
     app.add_route("/metrics", MetricsResource(metrics, lambda: _lease_counts(store)))
 
     app.add_error_handler(BusTimeout, _unavailable)
-    app.add_error_handler(RemoteError, _remote)
-    app.add_error_handler(boot.BadInput, _bad_input)
-    app.add_error_handler(TemplateError, _template)
+    app.add_error_handler(RemoteError, _coded)
+    app.add_error_handler(Unserved, _coded)
+    app.add_error_handler(BadInput, _bad_input)
+    app.add_error_handler(BadTemplate, _template)
     return app
 
 

@@ -27,7 +27,7 @@ from ...common import tokens
 from ...common.errors import BusTimeout, ErrorCode, RemoteError
 from ...common.logs import SenderLimit
 from ...common.messages import MachineSet, TokenInfo
-from .store import StoreClient
+from .storeclient import StoreClient
 
 log = logging.getLogger(__name__)
 

@@ -67,6 +67,13 @@ class TtlCache(Generic[K, V]):
         with self._lock:
             self._items.pop(key, None)
 
+    def expire(self) -> None:
+        """Every value runs out now but stays on hand for ``stale_for``."""
+        now = self.clock()
+        with self._lock:
+            for key, (expires, value) in list(self._items.items()):
+                self._items[key] = (min(expires, now), value)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from ...common.errors import ErrorCode, RemoteError
 from ...common.messages import ContentEntry, LeaseReply, MachineRecord, MachineSet
-from .boot import OsInfo, parse_os_info
 from .cache import Clock, Lru, TtlCache
-from .store import StoreClient
+from .classes import OsInfo, parse_os_info
+from .errors import NotFound, UnfitContent
+from .storeclient import StoreClient
 from .templates import Compiled, TemplateCache
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,6 @@ MACHINE_TTL = 1.0        # machine records behind boot scripts
 ADDRESS_TTL = 30.0       # client IP → MAC, for attributing image events
 ADDRESS_MISS_TTL = 5.0
 SMALL_FILE = 1 << 20     # templates and classes.toml are read into memory up to this
-
-
-def not_found(what: str) -> RemoteError:
-    return RemoteError(ErrorCode.NOT_FOUND, what)
 
 
 class Catalog:
@@ -63,7 +60,7 @@ class Catalog:
         """A file's entry and a verified local path to its bytes."""
         entry = self.find(path)
         if entry is None or entry.is_dir or entry.digest is None:
-            raise not_found(path)
+            raise NotFound(path)
         return entry, self.store.local_file(entry)
 
     def read(self, path: str) -> tuple[ContentEntry, bytes] | None:
@@ -74,13 +71,19 @@ class Catalog:
         data = self._bytes.get(entry.digest)
         if data is None:
             if entry.size > SMALL_FILE:
-                raise RemoteError(ErrorCode.BAD_REQUEST, f"{path} is too large for a template")
+                raise UnfitContent(f"{path} is too large for a template")
             data = self._bytes.put(entry.digest, self.store.local_file(entry).read_bytes())
         return entry, data
 
     def forget(self) -> None:
         self._stats.clear()
         self._oses.clear()
+
+    def expire(self) -> None:
+        """Let every content answer run out now: the next use asks the store again,
+        and while the store does not answer the old answer is served (for a while)."""
+        self._stats.expire()
+        self._oses.expire()
 
     # -- OS folders and templates --------------------------------------------
 
@@ -105,7 +108,7 @@ class Catalog:
         for info in self.oses():
             if info.name == name:
                 return info
-        raise not_found(f"no bootable OS folder boot/{name}")
+        raise NotFound(f"no bootable OS folder boot/{name}")
 
     def template(self, os: str, name: str) -> Compiled | None:
         path = f"boot/{os}/template/{name}.tmpl"

@@ -12,22 +12,20 @@ then runs in the same sandbox with the same escaping as any template:
 - PIPE is one operand, or ``not``/``eq``/``ne``/``and``/``or`` applied to operands;
   string and number literals; ``{{/* comments */}}``; ``{{-`` and ``-}}``.
 
-Anything else raises :class:`GoTemplateError` naming the action, so an old
-template fails loudly instead of rendering something half right.
+Anything else raises :class:`~.errors.GoTemplateError` naming the action, so
+an old template fails loudly instead of rendering something half right.
 """
 
 from __future__ import annotations
 
 import re
 
+from .errors import GoTemplateError
+
 _ACTION = re.compile(r"\{\{(-?)(.*?)(-?)\}\}", re.S)
 _LOOKS_GO = re.compile(r"\{\{-?\s*(?:[.$]|(?:if|range|with|end|else)\b(?:\s+[.$])?|/\*)")
 _TOKEN = re.compile(r'\s*("(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?|\$?[A-Za-z_][\w]*(?:\.\w+)*'
                     r'|\$(?:\.\w+)*|\.(?:\w+(?:\.\w+)*)?|:=|,)')
-
-
-class GoTemplateError(ValueError):
-    """A Go template uses a construct outside the translated subset."""
 
 
 def looks_like_go(source: str) -> bool:

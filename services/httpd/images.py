@@ -18,9 +18,9 @@ from typing import BinaryIO, Callable
 import falcon
 
 from ...common.bus.events import HTTP_IMAGE
-from ...common.errors import ErrorCode, RemoteError
-from .boot import check_os, check_subpath
 from .catalog import Catalog
+from .errors import NoLocalCopy
+from .inputs import check_os, check_subpath
 from .reporting import Reporter
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class FileResource:
         try:
             stream = open(local, "rb")
         except FileNotFoundError:  # evicted from the cache since the check
-            raise RemoteError(ErrorCode.UNAVAILABLE, f"{path}: cached copy vanished") from None
+            raise NoLocalCopy(f"{path}: cached copy vanished") from None
         if span.status == 206:
             stream.seek(span.start)
             resp.stream = Segment(stream, span.length)

@@ -17,53 +17,16 @@ import dataclasses
 import falcon
 
 from ...common.bus.events import HTTP_REFUSED, HTTP_SCRIPT
-from ...common.names import ipv4_text
 from ...common.config import Config
-from ...common.messages import MachineRecord
-from . import boot, scripts
-from .actions import cluster_for
+from ...common.names import ipv4_text
+from . import bootonce, scripts
 from .cache import Lru
-from .catalog import Catalog, Directory, not_found
-from .context import template_context
+from .catalog import Catalog, Directory
+from .inputs import check_class, check_mac, check_os
+from .render import Renderer
 from .reporting import Reporter
-from .templates import TemplateError
 
 SCRIPT_TYPE = "text/plain; charset=utf-8"
-
-
-class ScriptMaker:
-    """Renders OS start scripts; identical inputs give the cached text."""
-
-    def __init__(self, config: Config, catalog: Catalog, directory: Directory) -> None:
-        self.config = config
-        self.catalog = catalog
-        self.directory = directory
-        self._rendered: Lru[tuple[object, ...], str] = Lru(8192)
-
-    def start(self, os: str, mac: str, ip: str | None, machine: MachineRecord | None) -> str:
-        template = self.catalog.template(os, "start")
-        if template is None:
-            raise not_found(f"boot/{os}/template/start.tmpl")
-        cacheable = not (template.needs_lease or template.needs_cluster)
-        key = (template.path, template.digest, repr(machine), mac, ip)
-        if cacheable:
-            hit = self._rendered.get(key)
-            if hit is not None:
-                return hit
-        lease = None
-        if template.needs_lease and ip:
-            found = self.directory.lease_for_ip(ip)
-            lease = found.lease if found else None
-        cluster = cluster_for(self.catalog, self.directory, os) if template.needs_cluster else None
-        ctx = template_context(self.config, os, mac=mac, ip=ip, machine=machine, lease=lease,
-                               cluster=cluster)
-        try:
-            text = scripts.check_script(template.render(ctx))
-        except ValueError as exc:
-            raise TemplateError(template.path, str(exc)) from None
-        if cacheable:
-            self._rendered.put(key, text)
-        return text
 
 
 def _script(resp: falcon.Response, text: str) -> None:
@@ -89,8 +52,8 @@ class ChooseResource:
             menu = self.config.menu
             text = self._cache.put(key, scripts.menu(
                 "AstralBoot: choose what ${netX/mac} boots",
-                boot.os_menu(oses, self.config.http.public_url),
-                boot.menu_default(oses, menu.default), menu.timeout))
+                scripts.os_menu(oses, self.config.http.public_url),
+                scripts.menu_default(oses, menu.default), menu.timeout))
         _script(resp, text)
         self.reporter.report(HTTP_SCRIPT, None, req.remote_addr, "menu")
 
@@ -104,9 +67,9 @@ class ClassMenuResource:
         self.reporter = reporter
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, os: str, mac: str) -> None:
-        mac = boot.check_mac(mac)
-        info = self.catalog.os(boot.check_os(os))
-        entries = boot.class_menu(info, self.config.http.public_url)
+        mac = check_mac(mac)
+        info = self.catalog.os(check_os(os))
+        entries = scripts.class_menu(info, self.config.http.public_url)
         default = entries[0].key if entries else None
         title = f"{scripts.ipxe_text(info.description)}: choose a class for {mac}"
         _script(resp, scripts.menu(title, entries, default, self.config.menu.timeout))
@@ -123,28 +86,28 @@ class AssignResource:
     ``[http] self_service = false`` turns them off.
     """
 
-    def __init__(self, catalog: Catalog, directory: Directory, maker: ScriptMaker,
+    def __init__(self, catalog: Catalog, directory: Directory, renderer: Renderer,
                  reporter: Reporter, enabled: bool = True) -> None:
         self.catalog = catalog
         self.directory = directory
-        self.maker = maker
+        self.renderer = renderer
         self.reporter = reporter
         self.enabled = enabled
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, os: str, mac: str,
                cls: str | None = None) -> None:
-        mac = boot.check_mac(mac)
+        mac = check_mac(mac)
         self._only_from_the_machine(req, mac, f"{os}/{cls}" if cls else os)
-        info = self.catalog.os(boot.check_os(os))
+        info = self.catalog.os(check_os(os))
         if cls is not None:
-            boot.check_class(cls)
+            check_class(cls)
             if cls not in info.classes:
                 raise falcon.HTTPNotFound(title="unknown class",
                                           description=f"{info.name} has no class {cls!r}")
         machine = self.directory.machine(mac)
-        change = boot.assign(mac, machine, info, cls)
+        change = bootonce.assign(mac, machine, info, cls)
         machine = self.directory.set(dataclasses.replace(change, actor=f"menu@{req.remote_addr}"))
-        _script(resp, self.maker.start(info.name, mac, req.remote_addr, machine))
+        _script(resp, self.renderer.start_script(info.name, mac, req.remote_addr, machine))
         what = f"{info.name}/{cls}" if cls else info.name
         self.reporter.report(HTTP_SCRIPT, mac, req.remote_addr, f"{what} chosen")
 
@@ -168,20 +131,20 @@ class AssignResource:
 class BootResource:
     """``/boot/<os>/<mac>``: what dhcpd hands a machine that has an OS."""
 
-    def __init__(self, catalog: Catalog, directory: Directory, maker: ScriptMaker,
+    def __init__(self, catalog: Catalog, directory: Directory, renderer: Renderer,
                  reporter: Reporter) -> None:
         self.catalog = catalog
         self.directory = directory
-        self.maker = maker
+        self.renderer = renderer
         self.reporter = reporter
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, os: str, mac: str) -> None:
-        mac = boot.check_mac(mac)
-        os = boot.check_os(os)
+        mac = check_mac(mac)
+        os = check_os(os)
         machine = self.directory.machine(mac)
-        if boot.next_boot(machine) == boot.DISK:
+        if bootonce.next_boot(machine) == bootonce.DISK:
             _script(resp, scripts.local_boot())
             self.reporter.report(HTTP_SCRIPT, mac, req.remote_addr, "local disk")
             return
-        _script(resp, self.maker.start(os, mac, req.remote_addr, machine))
+        _script(resp, self.renderer.start_script(os, mac, req.remote_addr, machine))
         self.reporter.report(HTTP_SCRIPT, mac, req.remote_addr, f"{os}/start")

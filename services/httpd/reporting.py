@@ -26,7 +26,7 @@ from collections import Counter
 from typing import Callable
 
 from ...common.messages import BootEvent, EventReport
-from .store import StoreClient
+from .storeclient import StoreClient
 
 log = logging.getLogger(__name__)
 

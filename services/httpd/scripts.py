@@ -1,6 +1,8 @@
 """iPXE scripts: the menus httpd writes itself, and making any script safe and firmware-right.
 
-Pure functions from data to text. Two rules hold for everything here:
+Pure functions from data to text: which entries the OS and class menus
+offer, the menu script itself, and the checks every rendered script passes.
+Two rules hold for everything here:
 
 - A value that is not literal script text can never become a new command,
   a new word or a variable expansion: :func:`ipxe_word` percent-encodes
@@ -17,6 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from .classes import OsInfo
 
 MAGIC = "#!ipxe"
 
@@ -108,6 +112,25 @@ def menu(title: str, entries: list[MenuEntry], default: str | None, timeout: int
 def local_boot() -> str:
     """The whole script for a machine whose next boot is its own disk."""
     return f"{MAGIC}\n{LOCAL_BOOT}"
+
+
+def os_menu(oses: list[OsInfo], public_url: str) -> list[MenuEntry]:
+    return [MenuEntry(key=o.name, title=o.description, submenu=bool(o.classes),
+                      url=f"{public_url}/{'class' if o.classes else 'choose'}/{o.name}/{MAC_VAR}")
+            for o in oses]
+
+
+def class_menu(os: OsInfo, public_url: str) -> list[MenuEntry]:
+    return [MenuEntry(key=c, title=f"{os.description}: {c}",
+                      url=f"{public_url}/setclass/{os.name}/{c}/{MAC_VAR}")
+            for c in os.classes]
+
+
+def menu_default(oses: list[OsInfo], wanted: str) -> str:
+    """The configured default if it is a bootable OS (or local/shell), else the local disk."""
+    if wanted in {o.name for o in oses} or wanted in (LOCAL, SHELL):
+        return wanted
+    return LOCAL
 
 
 # --- making a rendered script right for the firmware ----------------------------

@@ -31,7 +31,7 @@ from ...common.errors import StartupError
 from ...common.privileges import drop
 from .app import create_app
 from .metrics import Metrics
-from .store import BusStore
+from .storeclient import BusStore
 from .worker import ClientLimits
 from .worker import worker_class as httpd_worker
 

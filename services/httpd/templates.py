@@ -24,16 +24,8 @@ from markupsafe import Markup
 
 from . import gotemplate
 from .cache import Lru
+from .errors import BadTemplate, GoTemplateError
 from .scripts import MAGIC, ipxe_word
-
-
-class TemplateError(Exception):
-    """A template cannot be compiled or rendered; names the file and line."""
-
-    def __init__(self, path: str, detail: str) -> None:
-        self.path = path
-        self.detail = detail
-        super().__init__(f"{path}: {detail}")
 
 
 def _raw(value: object) -> Markup:
@@ -97,10 +89,10 @@ class Compiled:
         try:
             return self.template.render(context)
         except jinja2.TemplateError as exc:
-            raise TemplateError(self.path, _describe(exc, self.path)) from None
+            raise BadTemplate(self.path, _describe(exc, self.path)) from None
         except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
             where = _where(exc, self.path)
-            raise TemplateError(self.path, f"{where}{type(exc).__name__}: {exc}") from None
+            raise BadTemplate(self.path, f"{where}{type(exc).__name__}: {exc}") from None
 
 
 def _where(exc: BaseException, path: str) -> str:
@@ -124,8 +116,8 @@ def compile_source(path: str, source: str) -> Compiled:
     if go:
         try:
             source = gotemplate.translate(source)
-        except gotemplate.GoTemplateError as exc:
-            raise TemplateError(path, f"old Go template: {exc}") from None
+        except GoTemplateError as exc:
+            raise BadTemplate(path, f"old Go template: {exc}") from None
     ipxe = source.lstrip().startswith(MAGIC)
     env = _ENVS[ipxe, not go]
     try:
@@ -133,7 +125,7 @@ def compile_source(path: str, source: str) -> Compiled:
         code = env.compile(ast, name=path, filename=path)
         template = env.template_class.from_code(env, code, env.make_globals(None))
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(path, _describe(exc, path)) from None
+        raise BadTemplate(path, _describe(exc, path)) from None
     return Compiled(path=path, template=template,
                     needs=frozenset(meta.find_undeclared_variables(ast)), ipxe=ipxe)
 
@@ -151,5 +143,5 @@ class TemplateCache:
         try:
             text = source.decode("utf-8")
         except UnicodeDecodeError:
-            raise TemplateError(path, "is not UTF-8 text") from None
+            raise BadTemplate(path, "is not UTF-8 text") from None
         return self._lru.put(digest, replace(compile_source(path, text), digest=digest))

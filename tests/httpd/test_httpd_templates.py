@@ -11,7 +11,8 @@ from httpd_support import IP, MAC, Client
 from httpd_fakes import FakeStore
 
 from astralboot.services.httpd import gotemplate
-from astralboot.services.httpd.templates import TemplateError, compile_source
+from astralboot.services.httpd.errors import BadTemplate
+from astralboot.services.httpd.templates import compile_source
 
 ETCD = [("52:54:00:00:00:01", "192.0.2.101", "etcd1"),
         ("52:54:00:00:00:02", "192.0.2.102", "etcd2"),
@@ -200,9 +201,9 @@ def test_original_cloud_etcd_template_renders_the_cluster(client: Client, fake: 
 
 
 def test_go_constructs_outside_the_subset_fail_loudly() -> None:
-    with pytest.raises(TemplateError, match="printf"):
+    with pytest.raises(BadTemplate, match="printf"):
         compile_source("boot/x/template/t.tmpl", '{{ .Name }} {{ printf "%s" .Name }}')
-    with pytest.raises(TemplateError, match="not closed"):
+    with pytest.raises(BadTemplate, match="not closed"):
         compile_source("boot/x/template/t.tmpl", "{{ if .Name }}x")
 
 

@@ -23,10 +23,12 @@ def test_images_already_resolved_keep_being_served_while_the_store_restarts(
         client: Client, fake: FakeStore) -> None:
     fake.add_machine(MAC, ip=IP)
     assert client.simulate_get("/image/debian/linux").status_code == 200
-    client.app.catalog._stats.ttl = 0  # the content TTL has run out...
+    client.app.catalog.expire()         # the content TTL has run out...
     fake.down = True                    # ...and the store is restarting
+    asked = len(fake.calls)
     r = client.simulate_get("/image/debian/linux")
     assert r.status_code == 200 and len(r.content) == 16384
+    assert "content.stat" in fake.calls[asked:]  # it asked, got no answer, served the old one
 
 
 def test_metrics_say_the_store_is_down(client: Client, fake: FakeStore) -> None:

@@ -4,10 +4,12 @@ Resources never see the bus: they talk to a :class:`StoreClient`. Tests hand
 :func:`~astralboot.services.httpd.app.create_app` a fake with the same
 methods; production hands it a :class:`BusStore`. Failures surface as the
 project's own errors, mapped to HTTP once in ``app.py``: a
-:class:`~astralboot.common.errors.RemoteError` with its code (``not_found``
-becomes 404, ``unavailable`` 503, ...) and
+:class:`~astralboot.common.errors.RemoteError` with the code the store
+answered (``not_found`` becomes 404, ``unavailable`` 503, ...),
 :class:`~astralboot.common.errors.BusTimeout` when the store does not answer
-within its deadline (503 with Retry-After).
+within its deadline (503 with Retry-After), and httpd's own
+:class:`~.errors.NoLocalCopy` or :class:`~.errors.UnfitContent` when the
+bytes cannot be had here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ...common.messages import (BootEvent, ContentEntry, ContentList, ContentLis
                                 LeaseLookup, LeaseRecord, LeaseReply, LeaseState, MachineGet,
                                 MachineList, MachineListReply, MachineRecord, MachineReply,
                                 MachineSet, TokenCheck, TokenInfo, TokenReply)
+from .errors import NoLocalCopy, UnfitContent
 
 if TYPE_CHECKING:
     from ...common.bus.client import SyncBusClient
@@ -33,7 +36,8 @@ log = logging.getLogger(__name__)
 
 
 class StoreClient(Protocol):
-    """The store as httpd sees it. Every method may raise BusTimeout or RemoteError."""
+    """The store as httpd sees it. Every method may raise BusTimeout or RemoteError;
+    :meth:`local_file` also httpd's NoLocalCopy or UnfitContent."""
 
     def machine(self, mac: str) -> MachineRecord | None: ...
 
@@ -148,7 +152,7 @@ class BusStore:
         from ...common.content import CacheError, fetch_to_cache
         digest = entry.digest
         if digest is None:
-            raise RemoteError(ErrorCode.BAD_REQUEST, f"{entry.path} is a folder")
+            raise UnfitContent(f"{entry.path} is a folder")
         known = self.cache.lookup(digest, entry.size)  # one stat; marks the file used
         if known is not None:
             return known
@@ -162,7 +166,7 @@ class BusStore:
                 try:
                     path = fetch_to_cache(self.bus, self.cache, entry)
                 except CacheError as exc:  # bad bytes were dropped; a retry fetches again
-                    raise RemoteError(ErrorCode.UNAVAILABLE, str(exc)) from None
+                    raise NoLocalCopy(str(exc)) from None
         with self._lock:
             self._fetching.pop(digest, None)
         return path
