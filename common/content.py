@@ -28,8 +28,9 @@ import os
 import re
 import secrets
 import time
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable
 
 from .errors import AstralBootError
 from .messages import ContentDataReply, ContentEntry, ContentRead
@@ -281,10 +282,6 @@ def _entry_digest(entry: ContentEntry) -> str:
     return check_digest(entry.digest)
 
 
-def _read_request(digest: str, offset: int, size: int) -> ContentRead:
-    return ContentRead(digest=digest, offset=offset, length=min(READ_CHUNK, size - offset))
-
-
 def _checked_data(reply: object, digest: str, offset: int, size: int) -> bytes:
     if not isinstance(reply, ContentDataReply):
         raise CacheError(f"unexpected reply {type(reply).__name__} to content.read")
@@ -295,6 +292,43 @@ def _checked_data(reply: object, digest: str, offset: int, size: int) -> bytes:
     if offset + len(reply.data) > size:
         raise SizeMismatch(digest, size, offset + len(reply.data))
     return reply.data
+
+
+FETCH_ATTEMPTS = 2  # what arrived hashed wrong: the store re-verifies its copy, so once more
+
+# What the fetch asks of the loop that drives it: a ContentRead to send to
+# the store (the reply is sent back in), or blocking file work to run (in a
+# worker thread under asyncio; its result is sent back in).
+Step = ContentRead | Callable[[], Any]
+
+
+def _fetch(cache: DigestCache, digest: str, size: int) -> Generator[Step, Any, Path]:
+    """Every rule of a fetch, with no I/O of its own: the one copy both loops drive.
+
+    Each reply is checked against the entry's size and the offset asked for;
+    the spool checks the digest; anything that goes wrong, including an
+    exception the driver throws in (a bus timeout, a cancellation), discards
+    the spool before it propagates.
+    """
+    for attempt in range(1, FETCH_ATTEMPTS + 1):
+        spool = cache.spool(digest)
+        try:
+            offset = 0
+            while offset < size:
+                reply = yield ContentRead(digest=digest, offset=offset,
+                                          length=min(READ_CHUNK, size - offset))
+                data = _checked_data(reply, digest, offset, size)
+                yield partial(spool.feed, data)
+                offset += len(data)
+        except BaseException:
+            spool.abort()
+            raise
+        try:
+            return (yield spool.finish)  # finish() discards the spool itself if it fails
+        except DigestMismatch:
+            if attempt == FETCH_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 def fetch_to_cache(bus: "SyncBusClient", cache: DigestCache, entry: ContentEntry) -> Path:
@@ -308,21 +342,19 @@ def fetch_to_cache(bus: "SyncBusClient", cache: DigestCache, entry: ContentEntry
     found = cache.lookup(digest, entry.size)
     if found is not None:
         return found
-
-    def chunks() -> Iterator[bytes]:
-        offset = 0
-        while offset < entry.size:
-            reply = bus.call(_read_request(digest, offset, entry.size))
-            data = _checked_data(reply, digest, offset, entry.size)
-            yield data
-            offset += len(data)
-
-    try:
-        return cache.write(digest, chunks())
-    except DigestMismatch:
-        # What arrived was wrong and is gone; the store re-verifies its own
-        # copy on every read, so one more attempt fetches good bytes or fails.
-        return cache.write(digest, chunks())
+    steps = _fetch(cache, digest, entry.size)
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return done.value
+        value = error = None
+        try:
+            value = bus.call(step) if isinstance(step, ContentRead) else step()
+        except BaseException as exc:  # thrown into the fetch, which cleans up and re-raises
+            error = exc
 
 
 async def fetch_to_cache_async(bus: "AsyncBusClient", cache: DigestCache,
@@ -336,26 +368,19 @@ async def fetch_to_cache_async(bus: "AsyncBusClient", cache: DigestCache,
     found = cache.lookup(digest, entry.size)
     if found is not None:
         return found
-
-    async def chunks() -> AsyncIterator[bytes]:
-        offset = 0
-        while offset < entry.size:
-            reply = await bus.call(_read_request(digest, offset, entry.size))
-            data = _checked_data(reply, digest, offset, entry.size)
-            yield data
-            offset += len(data)
-
-    for attempt in (1, 2):
-        spool = cache.spool(digest)
+    steps = _fetch(cache, digest, entry.size)
+    value: Any = None
+    error: BaseException | None = None
+    while True:
         try:
-            async for chunk in chunks():
-                await asyncio.to_thread(spool.feed, chunk)
-        except BaseException:
-            spool.abort()
-            raise
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return done.value
+        value = error = None
         try:
-            return await asyncio.to_thread(spool.finish)
-        except DigestMismatch:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+            if isinstance(step, ContentRead):
+                value = await bus.call(step)
+            else:
+                value = await asyncio.to_thread(step)
+        except BaseException as exc:  # thrown into the fetch, which cleans up and re-raises
+            error = exc

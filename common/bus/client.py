@@ -1,25 +1,30 @@
 """Reliable request/reply clients for the bus (the Lazy Pirate pattern).
 
-Each request has a deadline, split over a bounded number of attempts. A
-reply is matched to its request by request id, so one DEALER socket carries
-any number of concurrent requests. When an attempt times out and nothing at
-all has come back on the socket since it was sent, the peer is presumed
-gone: the socket is closed with LINGER 0 and reopened, and every request
-still waiting is sent again on the new one. When the deadline passes the
-caller gets :class:`BusTimeout`; an error reply becomes :class:`RemoteError`
-through :meth:`call`.
+The rules (deadlines split over attempts, replies matched by request id and
+kind, the socket reopened when nothing came back, :class:`BusTimeout` at
+the deadline) live in one place, the I/O-free :class:`LazyPirate` of
+``pirate.py``. The two clients here only move bytes and read the clock
+for it; an error reply becomes :class:`RemoteError` through ``call``.
 
 :class:`AsyncBusClient` serves asyncio code (dhcpd, tftpd, the store's own
-tools). :class:`SyncBusClient` serves threads and gunicorn's sync workers:
-one socket per thread, created lazily and again after a fork.
+tools): one DEALER socket carries any number of concurrent requests.
+:class:`SyncBusClient` serves threads and gunicorn's sync workers: one
+socket (and one LazyPirate) per thread, created lazily and again after a
+fork.
+
+Frame layout, both clients: one frame, the packed message, with no empty
+delimiter before it. Both are DEALERs that match replies by request id, so
+the delimiter (which only a REQ socket needs, to find where its lockstep
+envelope ends) carries nothing here, and it would cost a frame on every
+request and every reply the store sends back. The ROUTER on the other side
+adds the identity frame itself and the body is always the last frame; the
+store's ``decode`` still accepts a delimiter from peers that send one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
-import logging
 import os
 import secrets
 import threading
@@ -29,12 +34,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 import zmq
 
-from ..errors import BusTimeout, MalformedMessage, RemoteError
-from ..messages import ErrorReply, answers
-from .frames import REPLY_LIMITS, pack, unpack
+from ..errors import RemoteError
+from ..messages import ErrorReply
+from .frames import REPLY_LIMITS, pack
+from .pirate import LazyPirate
 from .schema import Reply, Request
-
-log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE = 3.0
 DEFAULT_RETRIES = 2
@@ -77,23 +81,6 @@ def _configure(sock: zmq.Socket, endpoint: str, identity: bytes,
     sock.connect(endpoint)
 
 
-def _as_reply(data: bytes) -> Reply | None:
-    try:
-        msg = unpack(data, REPLY_LIMITS)
-    except MalformedMessage as exc:
-        log.warning("dropping malformed reply: %s", exc)
-        return None
-    if not isinstance(msg, Reply):
-        log.warning("dropping %s: not a reply", msg.kind)
-        return None
-    return msg
-
-
-def _mismatch(stats: Counter[str], request: Request, rid: int, reply: Reply) -> None:
-    stats["mismatched_replies"] += 1
-    log.error("reply %s (id %x) does not answer %s; dropped", reply.kind, rid, request.kind)
-
-
 def raise_for_error(reply: Reply) -> Reply:
     if isinstance(reply, ErrorReply):
         raise RemoteError(reply.error_code, reply.detail)
@@ -104,29 +91,6 @@ SWEEP = 0.05  # seconds between deadline checks
 NOTIFY_DELAY = 0.005  # how long a notification may wait for company
 COALESCE_MAX = 64  # a full burst goes out at once, whatever the coalescing window
 DRAIN = 64  # replies read per wake-up before other callbacks (the ACKs they free) run
-
-
-class _Call:
-    """One request in flight: its bytes, its future, and its attempts so far."""
-
-    __slots__ = ("rid", "request", "kind", "payload", "future", "attempt", "attempts",
-                 "deadline", "end", "sent_at", "expires", "generation")
-
-    def __init__(self, rid: int, request: Request, payload: bytes,
-                 future: asyncio.Future[Reply], attempts: int, deadline: float,
-                 end: float) -> None:
-        self.rid = rid
-        self.request = request
-        self.kind = request.kind
-        self.payload = payload
-        self.future = future
-        self.attempt = 0
-        self.attempts = attempts
-        self.deadline = deadline
-        self.end = end
-        self.sent_at = 0.0
-        self.expires = 0.0
-        self.generation = 0
 
 
 class AsyncBusClient:
@@ -155,9 +119,7 @@ class AsyncBusClient:
         self._ctx = context or zmq.Context.instance()
         self._ids = _request_ids()
         self._identity = new_identity()
-        self._calls: dict[int, _Call] = {}
-        self._expiries: list[tuple[float, int, _Call]] = []
-        self._order = itertools.count()
+        self._pirate = LazyPirate(endpoint, retries=retries, stats=self.stats)
         self._sock: zmq.Socket | None = None
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,8 +128,6 @@ class AsyncBusClient:
         self._outbox: list[bytes] = []
         self._flush_soon = False
         self._flush_later: asyncio.TimerHandle | None = None
-        self._generation = 0
-        self._last_reply = 0.0
         self._closed = False
 
     # -- public API ----------------------------------------------------------
@@ -176,15 +136,15 @@ class AsyncBusClient:
         """Send ``msg`` and return its reply (possibly an ErrorReply)."""
         loop = self._open()
         rid = next(self._ids)
-        wait = self.deadline if deadline is None else deadline
-        call = _Call(rid, msg, pack(msg, rid), loop.create_future(), self.retries + 1,
-                     wait, loop.time() + wait)
-        self._calls[rid] = call
-        self._attempt(call)
+        future: asyncio.Future[Reply] = loop.create_future()
+        call = self._pirate.start(rid, msg, pack(msg, rid),
+                                  self.deadline if deadline is None else deadline,
+                                  loop.time(), future)
+        self._send(call.payload)
         try:
-            return await call.future
+            return await future
         finally:
-            self._calls.pop(rid, None)
+            self._pirate.forget(rid)
 
     async def call(self, msg: Request, *, deadline: float | None = None) -> Reply:
         """Like :meth:`request`, raising :class:`RemoteError` on an error reply."""
@@ -209,11 +169,9 @@ class AsyncBusClient:
             self._sweeper = None
         self._flush()  # what is queued (boot events) still goes out
         self._disconnect(linger=500)
-        for call in self._calls.values():
-            if not call.future.done():
-                call.future.cancel()
-        self._calls.clear()
-        self._expiries.clear()
+        for call in self._pirate.abandon():
+            if not call.waiter.done():
+                call.waiter.cancel()
 
     async def __aenter__(self) -> "AsyncBusClient":
         return self
@@ -238,7 +196,6 @@ class AsyncBusClient:
         _configure(sock, self.endpoint, self._identity, self.curve)
         self._sock = sock
         self._fd = sock.getsockopt(zmq.FD)
-        self._generation += 1
         self._loop.add_reader(self._fd, self._readable)
 
     def _disconnect(self, linger: int) -> None:
@@ -251,17 +208,6 @@ class AsyncBusClient:
         self._fd = None
 
     # -- sending -------------------------------------------------------------
-
-    def _attempt(self, call: _Call, send: bool = True) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
-        call.sent_at = now
-        call.generation = self._generation
-        call.expires = now + max((call.end - now) / (call.attempts - call.attempt), 0.001)
-        heapq.heappush(self._expiries, (call.expires, next(self._order), call))
-        if send:
-            self._send(call.payload)
-            self.stats["sent"] += 1
 
     def _send(self, payload: bytes, urgent: bool = True) -> None:
         # Queued and sent together once the current callback is done: a burst
@@ -289,9 +235,7 @@ class AsyncBusClient:
             return
         for payload in outbox:
             try:
-                # One frame: the ROUTER adds the identity, and the body is the
-                # last frame on both sides, so no empty delimiter is needed.
-                sock.send(payload, zmq.NOBLOCK)
+                sock.send(payload, zmq.NOBLOCK)  # one frame: see the module's docstring
             except zmq.Again:
                 self.stats["send_full"] += 1  # requests are retried by the sweep
         self._readable()  # a send can consume the edge of replies already waiting
@@ -310,25 +254,17 @@ class AsyncBusClient:
         sock = self._sock
         if sock is None:
             return
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
+        receive = self._pirate.receive
         for _ in range(DRAIN):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._last_reply = self._loop.time()
-            reply = _as_reply(frames[-1])
-            if reply is None:
-                self.stats["malformed_replies"] += 1
-                continue
-            call = self._calls.get(reply.request_id)
-            if call is None or call.future.done():
-                self.stats["stray_replies"] += 1  # answered after we gave up
-                continue
-            if not answers(call.request, reply):
-                _mismatch(self.stats, call.request, call.rid, reply)
-                continue
-            call.future.set_result(reply)
+            call = receive(frames[-1], loop.time())
+            if call is not None and not call.waiter.done():
+                call.waiter.set_result(call.reply)
         self._schedule_check()  # more than DRAIN waiting: come back after others ran
 
     # -- deadlines -----------------------------------------------------------
@@ -336,48 +272,16 @@ class AsyncBusClient:
     def _sweep(self) -> None:
         loop = self._loop
         assert loop is not None
-        now = loop.time()
-        expiries = self._expiries
-        expired: list[_Call] = []
-        while expiries and expiries[0][0] <= now:
-            _, _, call = heapq.heappop(expiries)
-            if call.future.done() or self._calls.get(call.rid) is not call:
-                continue
-            if now < call.expires:
-                continue  # re-sent since this entry was queued
-            expired.append(call)
-        # Nothing at all heard since an expired attempt went out: the peer may
-        # be gone, or the socket wedged on a dead peer. Reopen it.
-        reset = any(self._last_reply < c.sent_at and c.generation == self._generation
-                    for c in expired)
-        for call in expired:
-            self.stats["attempt_timeouts"] += 1
-            call.attempt += 1
-            if call.attempt < call.attempts:
-                self.stats["retries"] += 1
-                log.debug("retrying %s (id %x), attempt %d", call.kind, call.rid,
-                          call.attempt + 1)
-                self._attempt(call, send=not reset)  # a reset re-sends it anyway
-            else:
-                self.stats["timeouts"] += 1
-                self._calls.pop(call.rid, None)
-                call.future.set_exception(BusTimeout(self.endpoint, call.kind, call.deadline,
-                                                     call.attempts))
-        if reset:
-            self._reset()
+        wake = self._pirate.handle_timer(loop.time())
+        if wake.reset:
+            self._disconnect(linger=0)
+            self._connect()
+        for payload in wake.send:
+            self._send(payload)
+        for call in wake.failed:
+            if not call.waiter.done():
+                call.waiter.set_exception(call.error)
         self._sweeper = loop.call_later(SWEEP, self._sweep)
-
-    def _reset(self) -> None:
-        """Nothing heard from the peer: reopen the socket, re-send what waits."""
-        self.stats["resets"] += 1
-        log.info("no reply from %s; reopening the bus socket", self.endpoint)
-        self._disconnect(linger=0)
-        self._connect()
-        for call in self._calls.values():
-            if not call.future.done():
-                call.generation = self._generation
-                self._send(call.payload)
-                self.stats["sent"] += 1
 
 
 class SyncBusClient:
@@ -398,35 +302,31 @@ class SyncBusClient:
         self._sockets: list[zmq.Socket] = []
 
     def request(self, msg: Request, *, deadline: float | None = None) -> Reply:
-        deadline = self.deadline if deadline is None else deadline
         rid = self._next_id()
-        payload = pack(msg, rid)
-        end = time.monotonic() + deadline
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            sock = self._socket()
-            sock.send_multipart([b"", payload])
-            self.stats["sent"] += 1
-            budget = (end - time.monotonic()) / (attempts - attempt)
-            attempt_end = time.monotonic() + max(budget, 0.001)
+        sock, pirate = self._socket()
+        call = pirate.start(rid, msg, pack(msg, rid),
+                            self.deadline if deadline is None else deadline, time.monotonic())
+        try:
+            sock.send(call.payload)  # one frame: see the module's docstring
             while True:
-                remaining = attempt_end - time.monotonic()
-                if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
-                    break
-                reply = _as_reply(sock.recv_multipart()[-1])
-                if reply is None:
-                    self.stats["malformed_replies"] += 1
-                elif reply.request_id != rid:
-                    self.stats["stray_replies"] += 1
-                elif answers(msg, reply):
-                    return reply
-                else:
-                    _mismatch(self.stats, msg, rid, reply)
-            # Lost reply: this thread's socket may be wedged on a dead peer.
-            self.stats["attempt_timeouts"] += 1
-            self._reset_socket()
-        self.stats["timeouts"] += 1
-        raise BusTimeout(self.endpoint, msg.kind, deadline, attempts)
+                timer = pirate.get_timer()
+                assert timer is not None, "a waiting call always has a timer"
+                remaining = timer - time.monotonic()
+                if remaining > 0 and sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                    if pirate.receive(sock.recv_multipart()[-1], time.monotonic()) is call:
+                        assert call.reply is not None
+                        return call.reply
+                    continue
+                wake = pirate.handle_timer(time.monotonic())
+                if wake.reset:
+                    self._reset_socket()
+                    sock, _ = self._socket()
+                for payload in wake.send:
+                    sock.send(payload)
+                if call.error is not None:
+                    raise call.error
+        finally:
+            pirate.forget(rid)
 
     def call(self, msg: Request, *, deadline: float | None = None) -> Reply:
         return raise_for_error(self.request(msg, deadline=deadline))
@@ -434,7 +334,7 @@ class SyncBusClient:
     def notify(self, msg: Request) -> None:
         rid = self._next_id()
         try:
-            self._socket().send_multipart([b"", pack(msg, rid)], flags=zmq.NOBLOCK)
+            self._socket()[0].send(pack(msg, rid), zmq.NOBLOCK)
             self.stats["notified"] += 1
         except zmq.Again:
             self.stats["notify_dropped"] += 1
@@ -470,24 +370,26 @@ class SyncBusClient:
             self._local = threading.local()
         return self._ctx
 
-    def _socket(self) -> zmq.Socket:
+    def _socket(self) -> tuple[zmq.Socket, LazyPirate]:
+        """This thread's socket and the calls in flight on it."""
         ctx = self._context()
-        sock = getattr(self._local, "sock", None)
+        local = self._local
+        sock = getattr(local, "sock", None)
         if sock is None:
-            identity = getattr(self._local, "identity", None)
-            if identity is None:  # one per thread, kept across resets
-                identity = self._local.identity = new_identity()
+            if getattr(local, "identity", None) is None:  # one per thread, kept across resets
+                local.identity = new_identity()
+                local.pirate = LazyPirate(self.endpoint, retries=self.retries,
+                                          stats=self.stats)
             sock = ctx.socket(zmq.DEALER)
-            _configure(sock, self.endpoint, identity, self.curve)
-            self._local.sock = sock
+            _configure(sock, self.endpoint, local.identity, self.curve)
+            local.sock = sock
             with self._lock:
                 self._sockets.append(sock)
-        return sock
+        return sock, local.pirate
 
     def _reset_socket(self) -> None:
         sock = getattr(self._local, "sock", None)
         if sock is not None:
-            self.stats["resets"] += 1
             sock.close(linger=0)
             with self._lock:
                 if sock in self._sockets:

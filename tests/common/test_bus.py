@@ -37,6 +37,7 @@ class EchoStore:
         self.seen: set[int] = set()
         self.copies: Counter[int] = Counter()
         self.events: list[EventReport] = []
+        self.frames: list[list[bytes]] = []  # every request as the ROUTER read it
         self.stats: Counter[str] = Counter()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -59,7 +60,9 @@ class EchoStore:
         while not self._stop.is_set():
             if not sock.poll(50):
                 continue
-            incoming, answer = bus_server.decode(sock.recv_multipart(), self.stats)
+            frames = sock.recv_multipart()
+            self.frames.append(frames)
+            incoming, answer = bus_server.decode(frames, self.stats)
             if incoming is not None:
                 req = incoming.request
                 if isinstance(req, EventReport):
@@ -328,3 +331,35 @@ def test_forked_workers_draw_their_own_request_ids(short_tmp: Path) -> None:
         os.close(write)
     ids = list(store.copies)
     assert len(ids) == 11 and len(set(ids)) == 11
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_both_clients_send_one_frame_from_one_identity_kept_across_a_reset(
+        short_tmp: Path, kind: str) -> None:
+    endpoint = f"ipc://{short_tmp / 'bus.sock'}"
+    with EchoStore(endpoint, drop_first=True) as store:
+        if kind == "async":
+            async def run() -> Counter[str]:
+                async with AsyncBusClient(endpoint, deadline=3.0) as client:
+                    await client.call(MachineGet(mac="one"))
+                    return client.stats
+            stats = asyncio.run(run())
+        else:
+            with SyncBusClient(endpoint, deadline=3.0) as client:
+                client.call(MachineGet(mac="one"))
+                stats = client.stats
+    assert stats["resets"] == 1  # the first copy got no answer: a new socket sent the second
+    assert [len(f) for f in store.frames] == [2, 2]  # [identity, body]: no delimiter
+    identities = {f[0] for f in store.frames}
+    assert len(identities) == 1 and len(identities.pop()) == 16
+
+
+@pytest.mark.parametrize("envelope", [[b"\x01peer"], [b"\x01peer", b""]],
+                         ids=["one frame", "with delimiter"])
+def test_the_server_decodes_both_layouts_and_answers_on_the_same_envelope(
+        envelope: list[bytes]) -> None:
+    stats: Counter[str] = Counter()
+    incoming, answer = bus_server.decode(envelope + [pack(Health(), 9)], stats)
+    assert answer is None and incoming is not None and incoming.envelope == envelope
+    reply = bus_server.encode(incoming, bus_server.health_reply("store", 0.0, {}))
+    assert reply[:-1] == envelope and unpack(reply[-1]).request_id == 9
