@@ -162,6 +162,11 @@ class LazyPirate:
 
     # -- time -----------------------------------------------------------------
 
+    @property
+    def timers(self) -> int:
+        """Timer entries held, stale ones included (bounded: a health figure)."""
+        return len(self._expiries)
+
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` has work next, or None when nothing waits."""
         expiries = self._expiries

@@ -246,7 +246,7 @@ def test_completed_calls_leave_no_timers_behind() -> None:
         assert pirate.get_timer() == pytest.approx(call.expires)
         pirate.receive(good(call), now=rid * 0.001)
     assert pirate.get_timer() is None
-    assert len(pirate._expiries) == 0
+    assert pirate.timers == 0
 
 
 # -- properties over time ---------------------------------------------------------------
