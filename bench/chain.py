@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 from astralboot.common.bus.client import SyncBusClient
-from astralboot.common.bus.events import EventSubscriber
 from astralboot.common.config import load
 from astralboot.common.cli.datafolder import create as create_data_folder
-from astralboot.common.cli.demo.boot import ServeProcess, Timeline, wait_for_stage
+from astralboot.common.cli.demo.boot import ServeProcess, Timeline, boot_until
 from astralboot.common.cli.demo.guest import Guest, stop
 from astralboot.common.cli.demo.netns import Lab
 from astralboot.common.cli.demo.site import write_config
@@ -136,15 +135,7 @@ def astralboot(firmware: str, data: Path, work: Path) -> Timeline:
             with SyncBusClient(config.bus.endpoint) as bus:
                 bus.call(MachineSet(mac=mac, os="debian"))
             guest = Guest(firmware=firmware, mac=mac, tap=tap, workdir=root)  # type: ignore[arg-type]
-            with EventSubscriber(config.bus.events, mac) as sub:
-                time.sleep(0.3)
-                timeline = Timeline(powered_on=time.time())
-                proc = guest.start(lab.server)
-                try:
-                    wait_for_stage(sub, timeline, "http.template", TIMEOUT,
-                                   alive=lambda: proc.poll() is None)
-                finally:
-                    stop(proc)
+            timeline = boot_until(guest, lab.server, config.bus.events, "http.template", TIMEOUT)
     return timeline
 
 

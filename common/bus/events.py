@@ -11,13 +11,15 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Iterator
 
 import zmq
 
-from ..errors import MalformedMessage
+from ..errors import BusTimeout, MalformedMessage, RemoteError
 from ..messages import BootEvent, ErrorReply, EventReport, EventSubscribe, SubscribeReply
 from .frames import REPLY_LIMITS, pack, unpack
+from .schema import Message
 
 if TYPE_CHECKING:
     from .security import ClientCurve
@@ -42,6 +44,10 @@ TOKEN_REVOKED = "token.revoked"
 STAGES = (DHCP_OFFER, DHCP_ACK, DHCP_NAK, DHCP_RELEASE, DHCP_DECLINE, TFTP_SENT,
           TFTP_FAILED, HTTP_SCRIPT, HTTP_IMAGE, HTTP_TEMPLATE, HTTP_REFUSED, MACHINE_CHANGED, POOL_PRESSURE, TOKEN_CREATED, TOKEN_REVOKED)
 
+# Seconds between subscriptions sent while waiting for the store to confirm
+# one: a store that restarts loses what was queued to its old process.
+HANDSHAKE_RETRY = 1.0
+
 
 def boot_event(service: str, stage: str, mac: str, ip: str | None = None,
                detail: str = "") -> EventReport:
@@ -62,10 +68,15 @@ class EventSubscriber:
     the store asks (which also subscribes again at a store that restarted).
     Events come with no reply to wait for; a subscriber that falls behind
     loses the oldest, never slows the store.
+
+    The first subscription is sent at once but confirmed asynchronously;
+    :meth:`wait_subscribed` blocks until the store has it, so that an event
+    published after it returns is certain to arrive.
     """
 
     def __init__(self, endpoint: str, mac: str | None = None,
                  context: zmq.Context | None = None, curve: "ClientCurve | None" = None) -> None:
+        self.endpoint = endpoint
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -75,23 +86,80 @@ class EventSubscriber:
         self._sock.connect(endpoint)
         self._topics = ((mac or "").lower(),)
         self._ids = itertools.count(secrets.randbits(31) << 32)
+        self._pending: deque[BootEvent] = deque()  # came while a handshake waited
         self.renew = 5.0
         self.refused: str | None = None  # why the store refused, if it did
         self._next_renew = 0.0
         self._subscribe()
 
-    def _subscribe(self) -> None:
+    def _subscribe(self) -> int:
+        rid = next(self._ids)
         msg = EventSubscribe(topics=self._topics)
         try:
-            self._sock.send(pack(msg, next(self._ids)), zmq.NOBLOCK)
+            self._sock.send(pack(msg, rid), zmq.NOBLOCK)
         except zmq.Again:
             pass  # not connected yet: the next renewal goes
         self._next_renew = time.monotonic() + self.renew
+        return rid
+
+    def wait_subscribed(self, timeout: float = 5.0) -> SubscribeReply:
+        """Subscribe again and block until the store confirms it.
+
+        Raises :class:`BusTimeout` if no confirmation came within ``timeout``
+        seconds (the store is down or unreachable), :class:`RemoteError` if
+        the store refused. Events arriving meanwhile are kept for
+        :meth:`receive`.
+        """
+        start = time.monotonic()
+        end = start + timeout
+        first = self._subscribe()
+        attempts = 1
+        retry_at = start + HANDSHAKE_RETRY
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                raise BusTimeout(self.endpoint, EventSubscribe.kind, timeout, attempts)
+            if now >= retry_at:
+                self._subscribe()
+                attempts += 1
+                retry_at = now + HANDSHAKE_RETRY
+            wait = min(end, retry_at) - now
+            if not self._sock.poll(max(int(wait * 1000), 1)):
+                continue
+            msg = self._read()
+            if msg is None:
+                continue
+            self._take(msg)
+            if not isinstance(msg, (SubscribeReply, ErrorReply)) or msg.request_id < first:
+                continue  # an event, or the answer to an earlier subscription
+            if isinstance(msg, ErrorReply):
+                raise RemoteError(msg.error_code, msg.detail)
+            return msg
+
+    def _read(self) -> Message | None:
+        try:
+            return unpack(self._sock.recv(), REPLY_LIMITS)
+        except MalformedMessage:
+            return None
+
+    def _take(self, msg: Message) -> None:
+        """Apply what the store sent: queue an event, note a renewal or a refusal."""
+        if isinstance(msg, EventReport):
+            self._pending.append(msg.event)
+        elif isinstance(msg, SubscribeReply):
+            self.refused = None
+            if msg.renew > 0 and msg.renew != self.renew:
+                self.renew = msg.renew
+                self._next_renew = time.monotonic() + self.renew
+        elif isinstance(msg, ErrorReply):
+            self.refused = msg.detail
 
     def receive(self, timeout: float | None = None) -> BootEvent | None:
         """The next event, or None if none came within ``timeout`` seconds."""
         end = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self._pending:
+                return self._pending.popleft()
             now = time.monotonic()
             if now >= self._next_renew:
                 self._subscribe()
@@ -104,19 +172,9 @@ class EventSubscriber:
                 if end is not None and time.monotonic() >= end:
                     return None
                 continue
-            try:
-                msg = unpack(self._sock.recv(), REPLY_LIMITS)
-            except MalformedMessage:
-                continue
-            if isinstance(msg, EventReport):
-                return msg.event
-            if isinstance(msg, SubscribeReply):
-                self.refused = None
-                if msg.renew > 0 and msg.renew != self.renew:
-                    self.renew = msg.renew
-                    self._next_renew = time.monotonic() + self.renew
-            elif isinstance(msg, ErrorReply):
-                self.refused = msg.detail
+            msg = self._read()
+            if msg is not None:
+                self._take(msg)
 
     def __iter__(self) -> Iterator[BootEvent]:
         while True:

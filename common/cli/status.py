@@ -87,10 +87,13 @@ def cmd_events(args: argparse.Namespace) -> int:
     def emit(e: BootEvent) -> None:
         print(json.dumps(record_to_dict(e)) if args.json else format_event(e), flush=True)
 
-    # Subscribe before listing so nothing falls between the two.
+    # Subscribe (and have the store confirm it) before listing, so nothing
+    # falls between the two.
     curve = client_curve(config, "admin")
     sub = EventSubscriber(config.bus.events, mac, curve=curve) if args.follow else None
     try:
+        if sub is not None:
+            sub.wait_subscribed(config.bus.deadline)
         with SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline,
                            curve=curve) as client:
             reply = client.call(EventList(mac=mac, limit=args.limit))

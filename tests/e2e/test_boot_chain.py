@@ -19,11 +19,10 @@ from typing import Iterator
 import pytest
 
 from astralboot.common.bus.client import SyncBusClient
-from astralboot.common.bus.events import EventSubscriber
 from astralboot.common.config import Config, load
 from astralboot.common.cli.datafolder import create as create_data_folder
-from astralboot.common.cli.demo.boot import ServeProcess, Timeline, wait_for_stage
-from astralboot.common.cli.demo.guest import Guest, stop
+from astralboot.common.cli.demo.boot import ServeProcess, Timeline, WatchedBoot, boot_until
+from astralboot.common.cli.demo.guest import Guest
 from astralboot.common.cli.demo.netns import Lab
 from support.stack import write_config
 from astralboot.common.messages import (EventList, EventListReply, LeaseLookup, LeaseReply,
@@ -61,18 +60,10 @@ def _boot(lab: Lab, work: Path, data: Path, firmware: str, assign: str | None,
         if assign:
             with SyncBusClient(config.bus.endpoint) as bus:
                 bus.call(MachineSet(mac=mac, os=assign))
-        with EventSubscriber(config.bus.events, mac) as sub:
-            time.sleep(0.3)
-            timeline = Timeline(powered_on=time.time())
-            proc = guest.start(lab.server)
-            try:
-                wait_for_stage(sub, timeline, "http.template", BOOT_TIMEOUT,
-                               alive=lambda: proc.poll() is None)
-            except Exception as exc:
-                raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}\n"
-                                     f"--- serve ---\n{serve.tail()}") from None
-            finally:
-                stop(proc)
+        try:
+            boot_until(guest, lab.server, config.bus.events, "http.template", BOOT_TIMEOUT)
+        except Exception as exc:
+            raise AssertionError(f"{exc}\n--- serve ---\n{serve.tail()}") from None
         recorded = _recorded(config, mac)
     return recorded, config, mac
 
@@ -132,27 +123,20 @@ def test_an_unassigned_machine_boots_its_own_disk_by_default(lab: Lab, short_tmp
     assert config.menu.default == "local"
     guest = Guest(firmware="bios", mac=mac, tap=tap, workdir=short_tmp)
     with ServeProcess(config, lab.server, short_tmp / "serve.log") as serve:
-        with EventSubscriber(config.bus.events, mac) as sub:
-            time.sleep(0.3)
-            timeline = Timeline(powered_on=time.time())
-            proc = guest.start(lab.server)
-            try:
-                wait_for_stage(sub, timeline, "http.script", BOOT_TIMEOUT,
-                               alive=lambda: proc.poll() is None)
+        try:
+            with WatchedBoot(guest, lab.server, config.bus.events) as boot:
+                boot.wait_for("http.script", BOOT_TIMEOUT)
                 deadline = time.monotonic() + 120
                 while "Booting from local disk" not in guest.console_tail(200):
                     assert time.monotonic() < deadline, guest.console_tail()
-                    event = sub.receive(timeout=1)
-                    if event is not None:
-                        timeline.events.append(event)
+                    boot.collect(timeout=1)
                 time.sleep(3)  # anything the menu might still fetch
-                while (event := sub.receive(timeout=0.5)) is not None:
-                    timeline.events.append(event)
-            except Exception as exc:
-                raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}\n"
-                                     f"--- serve ---\n{serve.tail()}") from None
-            finally:
-                stop(proc)
+                while boot.collect(timeout=0.5) is not None:
+                    pass
+        except Exception as exc:
+            raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}\n"
+                                 f"--- serve ---\n{serve.tail()}") from None
+    timeline = boot.timeline
     stages = timeline.stages()
     scripts = [e.detail for e in timeline.events if e.stage == "http.script"]
     assert scripts == ["menu"], scripts

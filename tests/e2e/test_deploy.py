@@ -16,11 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from astralboot.common.bus.events import EventSubscriber
 from astralboot.common.config import Config, load
 from astralboot.common.cli.datafolder import create as create_data_folder
-from astralboot.common.cli.demo.boot import Timeline, wait_for_stage
-from astralboot.common.cli.demo.guest import Guest, stop
+from astralboot.common.cli.demo.boot import boot_until
+from astralboot.common.cli.demo.guest import Guest
 from astralboot.common.cli.demo.netns import Lab
 from support.stack import astralboot_argv, write_config
 
@@ -204,15 +203,4 @@ def _boot_to_preseed(lab: Lab, work: Path, config: Config) -> list[str]:
     """A diskless BIOS guest on the lab's bridge, power-on to its preseed fetch."""
     mac = "52:54:00:5e:00:01"
     guest = Guest(firmware="bios", mac=mac, tap=lab.add_tap(), workdir=work)
-    with EventSubscriber(config.bus.events, mac) as sub:
-        time.sleep(0.3)
-        timeline = Timeline(powered_on=time.time())
-        qemu = guest.start(lab.server)
-        try:
-            wait_for_stage(sub, timeline, "http.template", 900,
-                           alive=lambda: qemu.poll() is None)
-        except Exception as exc:
-            raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}") from None
-        finally:
-            stop(qemu)
-    return timeline.stages()
+    return boot_until(guest, lab.server, config.bus.events, "http.template", 900).stages()

@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from ...bus.events import EventSubscriber
 from ...config import load
 from ..datafolder import create as create_data_folder
 from ...errors import AstralBootError
-from .boot import BootFailed, ServeProcess, Timeline, wait_for_stage
-from .guest import Guest, stop
+from .boot import BootFailed, ServeProcess, Timeline, WatchedBoot
+from .guest import Guest
 from .netns import Lab, LabError, require_root
 from .site import write_config
 from ...messages import BootEvent
@@ -125,23 +124,14 @@ def _run(args: argparse.Namespace, firmware: str, mac: str, work: Path) -> int:
                 _say(f"  {mac} is new: it goes through the menu, whose default "
                      f"({config.menu.default}) is taken after {config.menu.timeout}s")
             guest = Guest(firmware=firmware, mac=mac, tap=tap, workdir=work)  # type: ignore[arg-type]
-            with EventSubscriber(config.bus.events, mac) as sub:
-                time.sleep(0.3)  # let the subscription reach the store
-                timeline = Timeline(powered_on=time.time())
-                proc = guest.start(lab.server)
+
+            def show(tl: Timeline, event: BootEvent) -> None:
+                _say(f"  [{tl.at(event):5.1f}s] {_describe(event)}")
+
+            with WatchedBoot(guest, lab.server, config.bus.events) as boot:
                 _say(f"\n  [  0.0s] power on ({firmware})")
-
-                def show(tl: Timeline, event: BootEvent) -> None:
-                    _say(f"  [{tl.at(event):5.1f}s] {_describe(event)}")
-
-                try:
-                    wait_for_stage(sub, timeline, "http.template", args.timeout,
-                                   alive=lambda: proc.poll() is None, on_event=show)
-                except BootFailed as exc:
-                    raise BootFailed(f"{exc}\nlast console lines:\n{guest.console_tail()}") \
-                        from None
-                finally:
-                    stop(proc)
+                boot.wait_for("http.template", args.timeout, on_event=show)
+            timeline = boot.timeline
         _report(timeline)
     return 0
 

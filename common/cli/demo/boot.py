@@ -3,7 +3,9 @@
 Used by ``astralboot demo``, the end-to-end tests and the whole-chain
 benchmark: power a guest on, print or collect each boot stage as the
 services report it, and stop at a chosen stage (by default the installer
-fetching its rendered install config).
+fetching its rendered install config). :class:`WatchedBoot` is the one way
+they all do it: the store confirms the subscription before the guest
+powers on, so its first DHCP request is never missed.
 """
 
 from __future__ import annotations
@@ -14,15 +16,21 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ...bus.events import HTTP_TEMPLATE, EventSubscriber
 from ...config import Config
 from ...errors import AstralBootError
 from ...health import check_all
 from ...messages import BootEvent
+from .guest import Guest, stop
 from .netns import Namespace
 from ..services import astralboot_argv
+
+if TYPE_CHECKING:
+    from ...bus.security import ClientCurve
+
+SUBSCRIBE_TIMEOUT = 10.0  # seconds for the store to confirm the subscription
 
 
 class BootFailed(AstralBootError):
@@ -67,6 +75,78 @@ def wait_for_stage(sub: EventSubscriber, timeline: Timeline, until: str, timeout
             return event
     raise BootFailed(f"no {until} within {timeout:.0f}s; stages seen: "
                      f"{', '.join(timeline.stages()) or 'none'}")
+
+
+class WatchedBoot:
+    """A guest powered on once the store confirmed it will stream its events.
+
+    On entry: subscribe to the guest's MAC, wait for the store's
+    confirmation (:class:`~astralboot.common.errors.BusTimeout` if it does
+    not come), power the guest on. On exit: power it off and unsubscribe.
+    In between, :meth:`wait_for` collects stages into :attr:`timeline`.
+    """
+
+    def __init__(self, guest: Guest, ns: Namespace, events: str, *,
+                 curve: "ClientCurve | None" = None,
+                 subscribe_timeout: float = SUBSCRIBE_TIMEOUT) -> None:
+        self.guest = guest
+        self.ns = ns
+        self.events = events
+        self.curve = curve
+        self.subscribe_timeout = subscribe_timeout
+        self.timeline = Timeline(powered_on=0.0)
+        self.sub: EventSubscriber | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "WatchedBoot":
+        self.sub = EventSubscriber(self.events, self.guest.mac, curve=self.curve)
+        try:
+            self.sub.wait_subscribed(self.subscribe_timeout)
+            self.timeline = Timeline(powered_on=time.time())
+            self.proc = self.guest.start(self.ns)
+        except BaseException:
+            self.sub.close()
+            raise
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_for(self, stage: str, timeout: float,
+                 on_event: Callable[[Timeline, BootEvent], None] | None = None) -> BootEvent:
+        """Collect events until one of ``stage``; BootFailed (with the console) if none."""
+        assert self.sub is not None, "enter the boot first"
+        try:
+            return wait_for_stage(self.sub, self.timeline, stage, timeout, alive=self.alive,
+                                  on_event=on_event)
+        except BootFailed as exc:
+            raise BootFailed(f"{exc}\nlast console lines:\n{self.guest.console_tail()}") \
+                from None
+
+    def collect(self, timeout: float) -> BootEvent | None:
+        """The next event within ``timeout`` seconds, kept in the timeline too."""
+        assert self.sub is not None, "enter the boot first"
+        event = self.sub.receive(timeout=timeout)
+        if event is not None and event.time >= self.timeline.powered_on:
+            self.timeline.events.append(event)
+        return event
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.proc is not None:
+                stop(self.proc)
+        finally:
+            if self.sub is not None:
+                self.sub.close()
+
+
+def boot_until(guest: Guest, ns: Namespace, events: str, until: str = HTTP_TEMPLATE,
+               timeout: float = 900, *, curve: "ClientCurve | None" = None,
+               on_event: Callable[[Timeline, BootEvent], None] | None = None) -> Timeline:
+    """Power ``guest`` on in ``ns`` and collect its stages until ``until``; then power it off."""
+    with WatchedBoot(guest, ns, events, curve=curve) as boot:
+        boot.wait_for(until, timeout, on_event)
+    return boot.timeline
 
 
 class ServeProcess:
@@ -125,4 +205,5 @@ class ServeProcess:
             self.proc.wait()
 
 
-__all__ = ["BootFailed", "ServeProcess", "Timeline", "wait_for_stage", "HTTP_TEMPLATE"]
+__all__ = ["BootFailed", "ServeProcess", "Timeline", "WatchedBoot", "boot_until", "wait_for_stage",
+           "HTTP_TEMPLATE"]
