@@ -52,7 +52,7 @@ def test_events_lists_filters_and_follows(short_tmp: Path) -> None:
         try:
             past = [json.loads(follow.stdout.readline()) for _ in range(2)]
             assert [p["stage"] for p in past] == ["dhcp.offer", "dhcp.ack"]
-            time.sleep(0.5)  # the subscription is made before the listing; let it settle
+            # --follow lists the past only once the store confirmed its subscription
             _report(config.bus.endpoint, (B, "http.script", "menu"),
                     (A, "http.script", "debian/start"))
             live = json.loads(follow.stdout.readline())
