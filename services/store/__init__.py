@@ -3,8 +3,11 @@
 ``astralboot store -c config.toml`` runs :func:`server.run`. The modules, each
 one idea:
 
-- ``server``: sockets, the group commit, retries, content workers, health;
-  decides nothing.
+- ``server``: the entry point (open the database, build, serve until a
+  signal); ``router``: the request socket, routing and health, deciding
+  nothing; ``commits``: the group commit; ``retries``: retried requests
+  answered once; ``dispatcher``: content requests in worker threads;
+  ``eventhub``: the events socket; ``rawsocket``: the hot-path socket calls.
 - ``service``: every lease, machine, reservation and event request, sans-IO
   (a request and the time in, a reply and the writes it needs out).
 - ``leases``: pools and allocation rules, in memory; ``machines``: names,

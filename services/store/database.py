@@ -287,6 +287,11 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
+    @property
+    def checkpointing(self) -> bool:
+        """Whether WAL checkpoints run in the background (SQLite, once started; never else)."""
+        return self._checkpointer is not None
+
     def checkpoint(self) -> None:
         """Copy the WAL into the database file without blocking the writer."""
         with self.engine.connect() as conn:

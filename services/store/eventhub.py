@@ -22,7 +22,6 @@ from collections import Counter
 from typing import Any
 
 import zmq
-from zmq.backend import Socket as _BackendSocket
 
 from astralboot.common.bus.events import publish_frame
 from astralboot.common.bus.frames import SUBSCRIBER_LIMITS, pack, unpack
@@ -33,6 +32,8 @@ from astralboot.common.logs import SenderLimit
 from astralboot.common.messages import BootEvent, ErrorReply, EventSubscribe, SubscribeReply
 
 from .leases import Refusal
+from .rawsocket import EVENTS as _EVENTS, MORE as _MORE, NOBLOCK as _NOBLOCK, POLLIN as _POLLIN
+from .rawsocket import get as _get, send as _send
 from .subscriptions import SubscriptionTable
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,6 @@ RENEW = 5.0  # seconds between a subscriber's renewals
 LIFETIME = 3 * RENEW + 1  # a subscription outlives two lost renewals
 EVENTS_HWM = 10_000  # events queued for one subscriber before its next ones are dropped
 DRAIN = 256  # subscription frames read per wake-up
-
-_send = _BackendSocket.send
-_get = _BackendSocket.get
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE = int(zmq.SNDMORE) | _NOBLOCK
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 
 class EventHub:

@@ -19,6 +19,9 @@ Rules, in the order an offer applies them:
 Never handed out: the network and broadcast addresses, the server, the
 gateway, an address reserved for another MAC, a declined address during
 its quarantine, an address another client holds.
+
+A lease's state changes only as :data:`.leasestate.TRANSITIONS` says; the
+guards that read the clock (held, quarantined) are here.
 """
 
 from __future__ import annotations
@@ -36,8 +39,18 @@ from astralboot.common.errors import AstralBootError, ErrorCode
 from astralboot.common.messages import CommitMode, LeaseRecord
 
 from .journal import LeaseWrite
+from .leasestate import HELD, TRANSITIONS, LeaseEvent, LeaseState
 
-HELD = ("offered", "bound", "declined")  # states that keep an address until ``expires``
+__all__ = ["HELD", "Client", "Lease", "LeaseBook", "LeaseEvent", "LeaseState", "Pool", "Refusal",
+           "Reservations", "Usable", "ip_int", "ip_str"]
+
+# Module names for members: a lookup on the enum class costs a call each time.
+OFFERED, BOUND, DECLINED = LeaseState.OFFERED, LeaseState.BOUND, LeaseState.DECLINED
+EXPIRED = LeaseState.EXPIRED
+OFFER, COMMIT, RENEW = LeaseEvent.OFFER, LeaseEvent.COMMIT, LeaseEvent.RENEW
+RELEASE, DECLINE, MOVE, RECLAIM = (LeaseEvent.RELEASE, LeaseEvent.DECLINE, LeaseEvent.MOVE,
+                                   LeaseEvent.RECLAIM)
+_BY_VALUE = {state.value: state for state in LeaseState}  # a column value to its state
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _DOTTED = re.compile(rf"{_OCTET}(\.{_OCTET}){{3}}")
 
@@ -87,7 +100,7 @@ class Lease:
     mac: str
     client_id: bytes | None
     hostname: str | None
-    state: str
+    state: LeaseState
     expires: float
     lease_time: int
     stored: bool = False  # the database has a row for this address
@@ -100,8 +113,9 @@ class Lease:
     def held(self, now: float) -> bool:
         return self.state in HELD and self.expires > now
 
-    def shown_state(self, now: float) -> str:
-        return self.state if self.state not in HELD or self.expires > now else "expired"
+    def shown_state(self, now: float) -> LeaseState:
+        """The state a user sees: a held state past ``expires`` is expired."""
+        return self.state if self.state not in HELD or self.expires > now else EXPIRED
 
     def record(self, now: float) -> LeaseRecord:
         return LeaseRecord(ip=self.ip, mac=self.mac, subnet=self.subnet,
@@ -201,7 +215,7 @@ class Pool:
         if lease.client_id is not None:
             self.by_client_id[lease.client_id] = lease
         self._freed.pop(lease.address, None)
-        if lease.state == "offered":
+        if lease.state == OFFERED:
             self.offers[lease.address] = None
             self.offers.move_to_end(lease.address)
         else:
@@ -221,6 +235,11 @@ class Pool:
             self._timers = [(x.expires, x.address) for x in self.leases.values() if x.state in HELD]
             heapq.heapify(self._timers)
 
+    @property
+    def queued_timers(self) -> int:
+        """Expiry timers queued, stale ones included: at most 2 x leases + 1024 (a gauge)."""
+        return len(self._timers)
+
     def mark_free(self, address: int) -> None:
         self._freed[address] = None
         self._freed.move_to_end(address)
@@ -232,7 +251,7 @@ class Pool:
         while offers:
             address = next(iter(offers))
             lease = self.leases.get(address)
-            if lease is not None and lease.state == "offered" and lease.expires > now:
+            if lease is not None and lease.state == OFFERED and lease.expires > now:
                 break
             del offers[address]
         return len(offers)
@@ -243,7 +262,7 @@ class Pool:
             return None
         address, _ = self.offers.popitem(last=False)
         lease = self.leases[address]
-        lease.state = "expired"
+        lease.state = TRANSITIONS[lease.state, RECLAIM]
         lease.expires = now
         self.mark_free(address)
         self.reclaimed += 1
@@ -305,7 +324,7 @@ class Usable:
         lease = pool.leases.get(address)
         if lease is None:
             return True
-        if lease.state == "declined" and lease.expires > self.now:
+        if lease.state == DECLINED and lease.expires > self.now:
             return False  # quarantined, for the decliner too
         return self.client.owns(lease) or not lease.held(self.now)
 
@@ -327,7 +346,7 @@ class LeaseBook:
 
     def load(self, rows: Iterable[Mapping[str, Any]]) -> None:
         # Bound leases last, so they win the MAC index over older rows.
-        ordered = sorted(rows, key=lambda r: (r["state"] == "bound", r["expires"]))
+        ordered = sorted(rows, key=lambda r: (r["state"] == BOUND, r["expires"]))
         for row in ordered:
             pool = self.pools.get(row["subnet"])
             address = ip_int(row["address"])
@@ -336,7 +355,7 @@ class LeaseBook:
                 continue
             lease = Lease(address=address, subnet=pool.name, mac=row["mac"],
                           client_id=row["client_id"], hostname=row["hostname"],
-                          state=row["state"], expires=row["expires"],
+                          state=_BY_VALUE[row["state"]], expires=row["expires"],
                           lease_time=row["lease_time"], stored=True, ip=row["address"])
             pool.put(lease)
             if lease.state not in HELD:
@@ -366,11 +385,11 @@ class LeaseBook:
         found = [x for x in found if self.pools[x.subnet].leases.get(x.address) is x]
         if not found:
             return None
-        return max(found, key=lambda x: (x.held(now), x.state == "bound", x.expires))
+        return max(found, key=lambda x: (x.held(now), x.state == BOUND, x.expires))
 
     def bound_address(self, mac: str, now: float) -> str | None:
         lease = self.by_mac(mac, now)
-        if lease is not None and lease.state == "bound" and lease.held(now):
+        if lease is not None and lease.state == BOUND and lease.held(now):
             return lease.ip
         return None
 
@@ -397,11 +416,12 @@ class LeaseBook:
         usable = Usable(self, pool, client, now)
         address = self._choose(pool, client, requested, usable)
         current = pool.leases.get(address)
-        if current is not None and current.state == "bound" and current.held(now) \
+        if current is not None and current.state == BOUND and current.held(now) \
                 and client.owns(current):
-            return current
+            return current  # no event: the client's own binding, shown as the offer
+        state = TRANSITIONS[current.state if current is not None else None, OFFER]
         lease = Lease(address=address, subnet=pool.name, mac=client.mac,
-                      client_id=client.client_id, hostname=hostname, state="offered",
+                      client_id=client.client_id, hostname=hostname, state=state,
                       expires=now + self.offer_hold, lease_time=pool.lease_time,
                       stored=current.stored if current is not None else False)
         pool.put(lease)
@@ -418,7 +438,7 @@ class LeaseBook:
         own = pool.find(client)
         # RFC 2131 4.3.1: the current or previous binding, then the requested
         # address; an offer the client never took is not a binding.
-        if own is not None and own.state != "offered" and usable(own.address):
+        if own is not None and own.state != OFFERED and usable(own.address):
             return own.address
         if requested:
             wanted = _address(requested, "requested_ip")
@@ -443,11 +463,12 @@ class LeaseBook:
         usable = Usable(self, pool, client, now)
         if mode in ("renew", "rebind"):
             lease = pool.leases.get(address)
-            if lease is None or lease.state != "bound" or not client.owns(lease):
+            if lease is None or (lease.state, RENEW) not in TRANSITIONS \
+                    or not client.owns(lease):
                 raise Refusal(ErrorCode.CONFLICT, f"{ip} is not bound to {client}")
             if not usable(address, True):
                 raise Refusal(ErrorCode.CONFLICT, f"{ip} is reserved for another client")
-            return self._bind(pool, address, client, hostname, now)
+            return self._bind(pool, address, client, hostname, now, RENEW)
         reserved = self.reservations.address_of(client.mac)
         if mode == "reboot" and pool.find(client) is None \
                 and not (reserved is not None and pool.contains(reserved)):
@@ -458,16 +479,16 @@ class LeaseBook:
                           f"{client} is reserved {ip_str(reserved)}, not {ip}")
         if not usable(address):
             raise Refusal(ErrorCode.CONFLICT, f"{ip} is not available to {client}")
-        return self._bind(pool, address, client, hostname, now)
+        return self._bind(pool, address, client, hostname, now, COMMIT)
 
     def _bind(self, pool: Pool, address: int, client: Client, hostname: str | None,
-              now: float) -> tuple[Lease, list[LeaseWrite]]:
+              now: float, event: LeaseEvent) -> tuple[Lease, list[LeaseWrite]]:
         writes: list[LeaseWrite] = []
         previous = pool.find(client)
         if previous is not None and previous.address != address and previous.held(now):
             # A client holds one address per pool: moving frees the old one.
-            was_bound = previous.state == "bound"
-            previous.state = "released" if was_bound else "expired"
+            was_bound = previous.state == BOUND
+            previous.state = TRANSITIONS[previous.state, MOVE]
             previous.expires = now
             pool.mark_free(previous.address)
             if was_bound:
@@ -477,7 +498,8 @@ class LeaseBook:
             hostname = current.hostname
         stored = current is not None and current.stored
         lease = Lease(address=address, subnet=pool.name, mac=client.mac,
-                      client_id=client.client_id, hostname=hostname, state="bound",
+                      client_id=client.client_id, hostname=hostname,
+                      state=TRANSITIONS[current.state if current is not None else None, event],
                       expires=now + pool.lease_time, lease_time=pool.lease_time, stored=True)
         pool.put(lease)
         writes.append(LeaseWrite(lease.row(now), insert=not stored))
@@ -487,11 +509,13 @@ class LeaseBook:
         address = _address(ip, "ip")
         pool = self.pool_of(address)
         lease = pool.leases.get(address) if pool is not None else None
-        if pool is None or lease is None or not client.owns(lease) \
-                or lease.state not in ("offered", "bound") or not lease.held(now):
+        if pool is None or lease is None or not client.owns(lease) or not lease.held(now):
             return []
-        was_bound = lease.state == "bound"
-        lease.state = "released" if was_bound else "expired"
+        state = TRANSITIONS.get((lease.state, RELEASE))
+        if state is None:  # a declined address stays quarantined
+            return []
+        was_bound = lease.state == BOUND
+        lease.state = state
         lease.expires = now
         pool.mark_free(address)
         return [LeaseWrite(lease.row(now), insert=not lease.stored)] if was_bound else []
@@ -508,14 +532,15 @@ class LeaseBook:
         if pool is None or address in pool.excluded:
             raise Refusal(ErrorCode.NOT_FOUND, f"{ip} is not an address of any pool")
         current = pool.leases.get(address)
-        if current is None or current.state not in ("offered", "bound") \
+        if current is None or (current.state, DECLINE) not in TRANSITIONS \
                 or not client.owns(current):
             raise Refusal(ErrorCode.CONFLICT, f"{ip} was not offered or bound to {client}")
         lease = Lease(address=address, subnet=pool.name, mac=client.mac,
-                      client_id=client.client_id, hostname=None, state="declined",
+                      client_id=client.client_id, hostname=None,
+                      state=TRANSITIONS[current.state, DECLINE],
                       expires=now + self.quarantine, lease_time=pool.lease_time, stored=True)
         pool.put(lease)
-        return [LeaseWrite(lease.row(now), insert=not (current is not None and current.stored))]
+        return [LeaseWrite(lease.row(now), insert=not current.stored)]
 
     def adopt(self, ip: str, mac: str, now: float) -> tuple[Lease, list[LeaseWrite]] | None:
         """Bind ``ip`` to ``mac`` for an import; None when it is not ours to give."""
@@ -530,7 +555,7 @@ class LeaseBook:
         owner = self.reservations.owner_of(address)
         if owner is not None and owner != mac:
             return None
-        return self._bind(pool, address, client, None, now)
+        return self._bind(pool, address, client, None, now, COMMIT)
 
     def unreserved(self, address: int) -> None:
         """A reservation was removed: its address may be handed out again."""

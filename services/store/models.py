@@ -14,7 +14,9 @@ from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, Float, Forei
                         Integer, LargeBinary, MetaData, String, Table, Text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-LEASE_STATES = ("offered", "bound", "released", "declined", "expired")
+from .leasestate import LeaseState
+
+LEASE_STATES = tuple(state.value for state in LeaseState)  # the column's CHECK constraint
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

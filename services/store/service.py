@@ -35,7 +35,8 @@ from astralboot.common.messages import (BootEvent, Done, ErrorReply, EventList, 
 from .database import Snapshot, query_events
 from .journal import (EventPruning, EventWrite, ReservationDeletion, ReservationWrite,
                       TokenDeletion, TokenWrite, Write)
-from .leases import Client, Lease, LeaseBook, Pool, Refusal, Reservations, ip_int, ip_str
+from .leases import (Client, Lease, LeaseBook, LeaseState, Pool, Refusal, Reservations, ip_int,
+                     ip_str)
 from .machines import Machine, MachineBook
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,8 @@ class StoreService:
         if pool.reclaimed != reclaimed:
             pressure = self._pressure(pool, client.mac, now,
                                       "unbound offers reached the cap; the oldest was given up")
-        result = Result(reply=self._grant(client.mac, lease.ip, "offered", lease.lease_time,
-                                           now + self.book.offer_hold,
+        result = Result(reply=self._grant(client.mac, lease.ip, LeaseState.OFFERED,
+                                           lease.lease_time, now + self.book.offer_hold,
                                            self.machines.get(client.mac)))
         if req.report:  # an offer is not durable: its event needs no waiting either
             event = self._dhcp_event(DHCP_OFFER, client.mac, lease.ip, now, req.detail)
@@ -199,7 +200,7 @@ class StoreService:
         lease, writes = self.book.commit(req.subnet, req.ip, req.mode, client,
                                          clean_hostname(req.hostname), now)
         machine, machine_write = self._seen(lease, now)
-        reply = self._grant(client.mac, lease.ip, "bound", lease.lease_time, lease.expires,
+        reply = self._grant(client.mac, lease.ip, LeaseState.BOUND, lease.lease_time, lease.expires,
                             machine)
         result = Result(reply=reply, writes=[*writes, machine_write])
         if req.report:
@@ -209,7 +210,7 @@ class StoreService:
         return result
 
     @staticmethod
-    def _grant(mac: str, ip: str, state: str, lease_time: int, expires: float,
+    def _grant(mac: str, ip: str, state: LeaseState, lease_time: int, expires: float,
                machine: Machine | None) -> LeaseGrant:
         return LeaseGrant(ip=ip, state=state, lease_time=lease_time,  # type: ignore[arg-type]
                           expires=expires, name=machine.name if machine else None,

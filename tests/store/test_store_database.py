@@ -14,6 +14,7 @@ from astralboot.services.store.database import Database, create_engine, migrate,
 from astralboot.services.store.journal import (Batch, EventPruning, EventWrite, LeaseWrite,
                                                MachineWrite, ReservationDeletion,
                                                ReservationWrite)
+from astralboot.services.store.leases import Client, LeaseBook, LeaseState
 
 from store_lab import postgres_database
 
@@ -137,12 +138,37 @@ def _check_synchronous_commit(database: str) -> None:
     engine.dispose()
 
 
+def test_lease_states_are_stored_as_their_plain_names(db: Database) -> None:
+    """The column holds what it held before states were an enum; loading gives members."""
+    subnet = SubnetConfig(network=IPv4Network(NET), range_start=IPv4Address("10.9.0.10"),
+                          range_end=IPv4Address("10.9.0.200"), gateway=None, dns=(),
+                          lease_time=3600, relayed=False)
+    book = LeaseBook([subnet], IPv4Address("10.9.0.1"), offer_hold=30, quarantine=600)
+    now = time.time()
+    batch = Batch()
+    for n, mac in enumerate(("02:00:00:00:00:31", "02:00:00:00:00:32")):
+        client = Client(mac)
+        offered = book.offer(NET, client, None, None, now)
+        lease, writes = book.commit(NET, offered.ip, "select", client, None, now)
+        batch.add([*writes])
+        if n:
+            batch.add([*book.release(lease.ip, client, now)])
+    assert db.apply(batch).failed == frozenset()
+    with db.engine.connect() as conn:
+        stored = sorted(conn.execute(sa.text("SELECT state FROM leases")).scalars())
+    assert stored == ["bound", "released"] and all(type(x) is str for x in stored)
+    again = LeaseBook([subnet], IPv4Address("10.9.0.1"), offer_hold=30, quarantine=600)
+    again.load(db.load().leases)
+    assert sorted(x.state for x in again.all()) == [LeaseState.BOUND, LeaseState.RELEASED]
+
+
 def test_sqlite_runs_its_checkpoints_beside_the_writer(db: Database) -> None:
     if not db.is_sqlite:
         db.start_checkpoints()  # a no-op elsewhere
-        assert db._checkpointer is None  # noqa: SLF001
+        assert not db.checkpointing
         return
     db.start_checkpoints(interval=0.05)
+    assert db.checkpointing
     try:
         for n in range(40):
             batch = Batch()
@@ -161,5 +187,6 @@ def test_sqlite_runs_its_checkpoints_beside_the_writer(db: Database) -> None:
         assert busy == 0 and log_frames == done  # everything written reached the database
     finally:
         db.stop_checkpoints()
+    assert not db.checkpointing
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM boot_events")).scalar_one() == 40
