@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from ..bus.client import SyncBusClient
 from ..bus.security import client_curve
@@ -17,8 +17,8 @@ from ..config import load, normalise_mac
 from ..config.load import p_name, p_os_name
 from ..errors import ConfigError
 from ..messages import (ImportedLease, ImportReply, LeaseImport, LeaseList, LeaseListReply,
-                        MachineGet, MachineList, MachineListReply, MachineRecord, MachineReply,
-                        MachineSet)
+                        LeaseState, MachineGet, MachineList, MachineListReply, MachineRecord,
+                        MachineReply, MachineSet)
 from ..names import printable
 from .options import add_common_options
 
@@ -39,7 +39,7 @@ def add_leases_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = sub.add_parser("list", help="current leases")
     add_common_options(ls)
-    ls.add_argument("--state", choices=["offered", "bound", "released", "declined", "expired"])
+    ls.add_argument("--state", choices=get_args(LeaseState))
     ls.add_argument("--json", action="store_true")
     imp = sub.add_parser("import", help="import the original server's machines.json")
     add_common_options(imp)

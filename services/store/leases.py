@@ -485,7 +485,8 @@ class LeaseBook:
               now: float, event: LeaseEvent) -> tuple[Lease, list[LeaseWrite]]:
         writes: list[LeaseWrite] = []
         previous = pool.find(client)
-        if previous is not None and previous.address != address and previous.held(now):
+        if previous is not None and previous.address != address and previous.held(now) \
+                and (previous.state, MOVE) in TRANSITIONS:
             # A client holds one address per pool: moving frees the old one.
             was_bound = previous.state == BOUND
             previous.state = TRANSITIONS[previous.state, MOVE]

@@ -68,7 +68,8 @@ TRANSITIONS: dict[tuple[LeaseState | None, LeaseEvent], LeaseState] = {
     (BOUND, LeaseEvent.DECLINE): DECLINED,
     (OFFERED, LeaseEvent.MOVE): EXPIRED,
     (BOUND, LeaseEvent.MOVE): RELEASED,
-    (DECLINED, LeaseEvent.MOVE): EXPIRED,
+    # A declined address stays quarantined when its decliner binds another:
+    # the host that answered for it is still there.
     (OFFERED, LeaseEvent.RECLAIM): EXPIRED,
 }
 

@@ -36,7 +36,7 @@ EXPECTED: dict[tuple[LeaseState | None, LeaseEvent], LeaseState] = {
     (BOUND, E.RENEW): BOUND,
     (OFFERED, E.RELEASE): EXPIRED, (BOUND, E.RELEASE): RELEASED,
     (OFFERED, E.DECLINE): DECLINED, (BOUND, E.DECLINE): DECLINED,
-    (OFFERED, E.MOVE): EXPIRED, (BOUND, E.MOVE): RELEASED, (DECLINED, E.MOVE): EXPIRED,
+    (OFFERED, E.MOVE): EXPIRED, (BOUND, E.MOVE): RELEASED,
     (OFFERED, E.RECLAIM): EXPIRED,
 }
 
@@ -124,6 +124,20 @@ def test_a_quarantined_address_goes_to_nobody_not_even_its_decliner() -> None:
     assert state_of(b) == DECLINED
 
 
+def test_a_quarantine_outlasts_its_decliner_binding_another_address() -> None:
+    # The decliner saw another host answer for A; that host is still there
+    # after the decliner moves on to B, so A stays out of the pool.
+    b = put_in(DECLINED)
+    b.commit(NET, B, "reboot", c(1), None, 1)  # INIT-REBOOT with an address it knew
+    assert state_of(b) == DECLINED
+    with pytest.raises(Refusal) as refused:
+        b.commit(NET, A, "select", c(2), None, QUARANTINE - 1)
+    assert refused.value.code is ErrorCode.CONFLICT
+    with pytest.raises(Refusal) as refused:  # B is bound, A quarantined: nothing is free
+        b.offer(NET, c(2), A, None, QUARANTINE - 1)
+    assert refused.value.code is ErrorCode.POOL_EXHAUSTED
+
+
 def test_a_lease_past_its_hold_is_shown_expired_and_cannot_be_released() -> None:
     b = put_in(OFFERED)
     lease = b.by_address(ip_int(A))
@@ -148,3 +162,11 @@ def test_a_lease_row_and_record_carry_the_state_s_name() -> None:
     assert lease is not None
     assert lease.row(1)["state"] == "bound"
     assert lease.record(LATER).state == "expired"
+
+
+def test_the_bus_and_the_command_line_name_the_same_states() -> None:
+    # messages.LeaseState (the bus schema's Literal) feeds `leases list --state`.
+    from typing import get_args
+
+    from astralboot.common import messages
+    assert [s.value for s in LeaseState] == list(get_args(messages.LeaseState))
