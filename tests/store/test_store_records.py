@@ -140,7 +140,7 @@ def test_reservations_at_run_time(rules_store: StoreLab) -> None:
 def test_events_are_stored_listed_and_published(rules_store: StoreLab) -> None:
     mac = new_mac()
     with EventSubscriber(rules_store.config.bus.events, mac=mac) as sub:
-        time.sleep(0.3)  # let the subscription reach the publisher
+        sub.wait_subscribed()
         for stage in ("dhcp.offer", "dhcp.ack", "tftp.sent"):
             rules_store.bus.notify(boot_event("dhcpd", stage, mac, "192.0.2.9", "detail"))
         seen = [sub.receive(timeout=10) for _ in range(3)]
@@ -225,7 +225,7 @@ def test_lease_requests_can_report_their_own_boot_events(rules_store: StoreLab) 
     """report=True: dhcpd sends no EventReport; the store records the stage itself."""
     mac = new_mac()
     with EventSubscriber(rules_store.config.bus.events, mac=mac) as sub:
-        time.sleep(0.3)
+        sub.wait_subscribed()
         offered = rules_store.call(LeaseOffer(mac=mac, subnet=NETWORK, report=True,
                                               detail="undionly.kpxe"))
         assert isinstance(offered, LeaseGrant)
