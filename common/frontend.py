@@ -58,12 +58,16 @@ class FrontEnd:
         """
         drop(self.config, self.name, [self.config.runtime_dir, *written])
 
-    def report(self, stage: str, mac: str, ip: str | None = None, detail: str = "") -> None:
-        """Tell the store a boot stage happened (never blocks, never raises)."""
+    def report(self, stage: str, mac: str | None, ip: str | None = None,
+               detail: str = "") -> None:
+        """Tell the store a boot stage happened (never blocks, never raises).
+
+        ``mac`` None: the store attributes the event to the lease holding ``ip``.
+        """
         try:
             self.bus.notify(boot_event(self.name, stage, mac, ip, detail))
         except Exception:  # an event must never break serving
-            log.exception("could not report %s for %s", stage, mac)
+            log.exception("could not report %s for %s", stage, mac or ip)
 
     def details(self) -> dict[str, str | int | float | bool]:
         out: dict[str, str | int | float | bool] = {"ready": self.ready}

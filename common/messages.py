@@ -65,7 +65,10 @@ class ContentEntry(Record):
 @record
 class BootEvent(Record):
     time: float
-    mac: str
+    # None only in a front end's report that knows just the client's address
+    # (TFTP, image downloads): the store, which owns the leases, fills it in.
+    # Every event the store keeps or publishes has a MAC.
+    mac: str | None
     service: str
     stage: str
     ip: str | None = None

@@ -49,7 +49,7 @@ STAGES = (DHCP_OFFER, DHCP_ACK, DHCP_NAK, DHCP_RELEASE, DHCP_DECLINE, TFTP_SENT,
 HANDSHAKE_RETRY = 1.0
 
 
-def boot_event(service: str, stage: str, mac: str, ip: str | None = None,
+def boot_event(service: str, stage: str, mac: str | None, ip: str | None = None,
                detail: str = "") -> EventReport:
     """The notify-only message a front end sends for one boot stage."""
     return EventReport(event=BootEvent(time=time.time(), mac=mac, ip=ip, service=service,

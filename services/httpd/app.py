@@ -121,7 +121,7 @@ def create_app(store: StoreClient, config: Config, *, metrics: Metrics | None = 
     metrics = metrics or Metrics()
     catalog = catalog or Catalog(store)
     directory = directory or Directory(store)
-    reporter = Reporter(store, directory.mac_for_ip, metrics.stage)
+    reporter = Reporter(store, metrics.stage)
 
     admin = frozenset(route for route, label in ROUTES.items() if label in ("api", "metrics"))
     auth = AdminAuth(store, admin, listener=admin_listener,

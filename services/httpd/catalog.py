@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 CONTENT_TTL = 2.0        # how long a path → digest answer is trusted
 CONTENT_STALE = 300.0    # ... and served anyway while the store is unreachable
 MACHINE_TTL = 1.0        # machine records behind boot scripts
-ADDRESS_TTL = 30.0       # client IP → MAC, for attributing image events
-ADDRESS_MISS_TTL = 5.0
 SMALL_FILE = 1 << 20     # templates and classes.toml are read into memory up to this
 
 
@@ -121,13 +119,12 @@ class Catalog:
 
 
 class Directory:
-    """Machines and addresses, cached briefly; changes made here drop the cache at once."""
+    """Machines, cached briefly (changes made here drop the cache at once), and leases."""
 
     def __init__(self, store: StoreClient, *, clock: Clock = time.monotonic) -> None:
         self.store = store
         self._machines: TtlCache[str, MachineRecord | None] = TtlCache(MACHINE_TTL, 16384,
                                                                        clock=clock)
-        self._addresses: TtlCache[str, str | None] = TtlCache(ADDRESS_TTL, 16384, clock=clock)
 
     def machine(self, mac: str) -> MachineRecord | None:
         return self._machines.get(mac, lambda: self.store.machine(mac))
@@ -140,24 +137,4 @@ class Directory:
 
     def lease_for_ip(self, ip: str) -> LeaseReply | None:
         """Uncached: templates need the current lease."""
-        reply = self.store.lease_for_ip(ip)
-        self._addresses.put(ip, reply.lease.mac if reply else None,
-                            ADDRESS_TTL if reply else ADDRESS_MISS_TTL)
-        return reply
-
-    def mac_for_ip(self, ip: str | None) -> str | None:
-        """Best effort, for event attribution: None when unknown or the store is down."""
-        if not ip:
-            return None
-
-        def load() -> str | None:
-            reply = self.store.lease_for_ip(ip)
-            return reply.lease.mac if reply else None
-        try:
-            mac = self._addresses.get(ip, load)
-        except Exception:  # never fail a download over an event
-            self._addresses.put(ip, None, ADDRESS_MISS_TTL)
-            return None
-        if mac is None:
-            self._addresses.put(ip, None, ADDRESS_MISS_TTL)
-        return mac
+        return self.store.lease_for_ip(ip)

@@ -3,14 +3,13 @@
 Every event is stamped when the request is served and queued; one
 background thread per worker process sends them in order (a non-blocking
 bus send each). A script URL names the MAC; an image request only has the
-client's address, so its MAC comes from the lease, looked up (and cached)
-on that thread: a download never waits on the store. Events are best
-effort: a full queue drops them and counts it, as does a client without a
-lease.
+client's address, which the event carries for the store to find the MAC
+from its leases: a download never waits on the store, and no event costs a
+lookup. Events are best effort: a full queue drops them and counts it.
 
 A machine that fetches the same thing again within a second (a script
 stuck in a loop, a load test) is one boot stage, not hundreds: repeats of
-the same (stage, MAC, detail) inside :data:`REPEAT_WINDOW` are counted
+the same (stage, MAC or address, detail) inside :data:`REPEAT_WINDOW` are counted
 (``events_repeated``) but not sent, so such a client cannot flood the
 store's event log.
 """
@@ -35,15 +34,13 @@ QUEUE_SIZE = 10_000
 REPEAT_WINDOW = 1.0  # seconds
 RECENT_MAX = 50_000
 
-Resolve = Callable[[str | None], str | None]
 _Pending = tuple[float, str, "str | None", "str | None", str]
 
 
 class Reporter:
-    def __init__(self, store: StoreClient, resolve: Resolve,
+    def __init__(self, store: StoreClient,
                  on_sent: Callable[[str], None] = lambda stage: None) -> None:
         self.store = store
-        self.resolve = resolve
         self.on_sent = on_sent
         self.stats: Counter[str] = Counter()
         self.clock = time.monotonic
@@ -51,10 +48,10 @@ class Reporter:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._lock = threading.Lock()
-        self._recent: dict[tuple[str, str, str], float] = {}
+        self._recent: dict[tuple[str, str | None, str], float] = {}
 
     def report(self, stage: str, mac: str | None, ip: str | None, detail: str = "") -> None:
-        """Queue one event; the time is taken now, the MAC found later if not given."""
+        """Queue one event, stamped now; without a MAC the store finds it from ``ip``."""
         self._start()
         try:
             self._queue.put_nowait((time.time(), stage, mac, ip, detail))
@@ -66,8 +63,9 @@ class Reporter:
         if self._thread is not None and self._pid == os.getpid():
             self._queue.join()
 
-    def _send(self, when: float, stage: str, mac: str, ip: str | None, detail: str) -> None:
-        key = (stage, mac, detail)
+    def _send(self, when: float, stage: str, mac: str | None, ip: str | None,
+              detail: str) -> None:
+        key = (stage, mac or ip, detail)
         now = self.clock()
         last = self._recent.get(key)
         if last is not None and now - last < REPEAT_WINDOW:
@@ -98,9 +96,7 @@ class Reporter:
         while True:
             when, stage, mac, ip, detail = q.get()
             try:
-                if mac is None:
-                    mac = self.resolve(ip)
-                if mac is None:
+                if mac is None and ip is None:
                     self.stats["events_unattributed"] += 1
                 else:
                     self._send(when, stage, mac, ip, detail)

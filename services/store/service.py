@@ -121,6 +121,7 @@ class StoreService:
         self.tokens: dict[str, TokenInfo] = {}  # digest -> token
         self.last_event_id = 0
         self.events_kept = 0
+        self.events_no_lease = 0  # reports by address that no lease holds
 
     def load(self, snapshot: Snapshot) -> None:
         self.reset()
@@ -456,10 +457,23 @@ class StoreService:
     # -- events -------------------------------------------------------------------
 
     def report_event(self, req: EventReport, now: float) -> Result:
+        """Record and publish a front end's event; one by address goes to its lease's MAC.
+
+        TFTP and image downloads know only the client's address: the lease
+        that holds it names the machine (as ``LeaseLookup`` would, whatever
+        its state), so the front end spends no round trip asking first.
+        """
         e = req.event
         try:
-            mac = _mac(e.mac)
-        except Refusal:
+            if e.mac is not None:
+                mac = _mac(e.mac)
+            else:
+                lease = self.book.by_address(ip_int(e.ip or ""))
+                if lease is None:
+                    self.events_no_lease += 1
+                    return Result()  # a static address: no machine to report to
+                mac = lease.mac
+        except (Refusal, ValueError):
             return Result()  # notify-only: nobody to tell; the server counts it
         event = self._event(BootEvent(time=e.time, mac=mac, service=e.service, stage=e.stage,
                                       ip=e.ip, detail=e.detail))
@@ -506,6 +520,7 @@ class StoreService:
         out.update({f"leases.{k}": v for k, v in totals.items()})
         out["machines"] = len(self.machines)
         out["events"] = self.last_event_id
+        out["events.no_lease"] = self.events_no_lease
         return out
 
 

@@ -20,7 +20,8 @@ class FakeStore:
         self.data = data
         self.machines_by_mac: dict[str, MachineRecord] = {}
         self.leases_by_ip: dict[str, LeaseRecord] = {}
-        self.reported: list[BootEvent] = []
+        self.reported: list[BootEvent] = []  # as the store records them
+        self.sent: list[BootEvent] = []  # as httpd sent them
         self.down = False
         self.calls: list[str] = []
         self.changes: list[MachineSet] = []
@@ -130,7 +131,18 @@ class FakeStore:
         return self.data / entry.path
 
     def report(self, event: EventReport) -> None:
-        self.reported.append(event.event)
+        # The store's contract (tested against the real one in tests/store):
+        # an event without a MAC goes to the lease holding its address, and
+        # is dropped when no lease does.
+        e = event.event
+        self.sent.append(e)
+        if e.mac is None:
+            lease = self.leases_by_ip.get(e.ip or "")
+            if lease is None:
+                return
+            e = BootEvent(time=e.time, mac=lease.mac, service=e.service, stage=e.stage,
+                          ip=e.ip, detail=e.detail)
+        self.reported.append(e)
 
     def health(self, deadline: float) -> HealthReply:
         self._check("health")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import secrets
-import time
 
 from astralboot.common.bus.events import EventSubscriber, boot_event
 from astralboot.common.messages import (BootEvent, Done, ErrorReply, EventList, EventListReply,
-                                        EventReport, ImportedLease, ImportReply, LeaseCommit,
+                                        EventReport, Health, HealthReply, ImportedLease, ImportReply, LeaseCommit,
                                         LeaseImport, LeaseLookup, LeaseOffer, LeaseRelease,
                                         LeaseGrant, LeaseReply,
                                         MachineGet, MachineList, MachineListReply, MachineReply,
@@ -154,6 +153,27 @@ def test_events_are_stored_listed_and_published(rules_store: StoreLab) -> None:
         (e.id, e.stage, "192.0.2.9", "dhcpd", "detail") for e in seen if e is not None]
     after = rules_store.call(EventList(mac=mac, after_id=ids[0], limit=1))
     assert isinstance(after, EventListReply) and [e.id for e in after.events] == [ids[1]]
+
+
+def test_an_event_by_address_goes_to_the_machine_holding_the_lease(
+        rules_store: StoreLab) -> None:
+    # TFTP and image downloads know only the client's address; the store
+    # names the machine from its own leases (no lookup by the front end).
+    mac = new_mac()
+    ip = bind(rules_store, mac).ip
+    with EventSubscriber(rules_store.config.bus.events, mac=mac) as sub:
+        sub.wait_subscribed()
+        rules_store.bus.notify(boot_event("tftpd", "tftp.sent", None, ip, "undionly.kpxe"))
+        rules_store.bus.notify(boot_event("tftpd", "tftp.sent", None, "192.0.2.251", "x"))
+        seen = sub.receive(timeout=10)
+    assert seen is not None and (seen.mac, seen.ip, seen.service, seen.detail) == (
+        mac, ip, "tftpd", "undionly.kpxe")
+    listed = rules_store.call(EventList(mac=mac))
+    assert isinstance(listed, EventListReply)
+    assert [(e.stage, e.ip) for e in listed.events][-1] == ("tftp.sent", ip)
+    health = rules_store.call(Health())
+    assert isinstance(health, HealthReply)
+    assert dict(health.details)["events.no_lease"] == 1  # 192.0.2.251: nobody's
 
 
 def test_a_bad_event_is_dropped_without_a_reply(rules_store: StoreLab) -> None:
