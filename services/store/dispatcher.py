@@ -22,7 +22,7 @@ from astralboot.common.messages import (ContentDataReply, ContentList, ContentLi
                                         ContentRead, ContentStat, ContentStatReply, ErrorReply)
 
 from .content import ContentStore
-from .sources import BadPath, ContentError, ContentMissing
+from .sources import BadPath, ContentMissing, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ CONTENT_WORKERS = 4
 _CONTENT_CODES = {BadPath: ErrorCode.BAD_REQUEST, ContentMissing: ErrorCode.NOT_FOUND}
 
 
-def content_error(exc: ContentError) -> ErrorReply:
+def source_error(exc: SourceError) -> ErrorReply:
     return error(_CONTENT_CODES.get(type(exc), ErrorCode.UNAVAILABLE), str(exc))
 
 
@@ -58,8 +58,8 @@ class ContentDispatcher:
         if isinstance(request, ContentStat):
             try:
                 entry = self.content.quick_stat(request.path)
-            except ContentError as exc:
-                return content_error(exc)
+            except SourceError as exc:
+                return source_error(exc)
             if entry is not None:
                 self.stats["content.quick"] += 1
                 return ContentStatReply(entry=entry)
@@ -98,8 +98,8 @@ class ContentDispatcher:
                           f"{incoming.request.kind}: no answer from "
                           f"{self.content.source.description} within {timeout:g}s "
                           "(still trying; ask again)")
-        except ContentError as exc:
-            reply = content_error(exc)
+        except SourceError as exc:
+            reply = source_error(exc)
         except OSError as exc:
             log.error("content request failed: %s", exc)
             reply = error(ErrorCode.UNAVAILABLE, f"cache: {exc}")

@@ -25,19 +25,19 @@ CONTENT_ROOTS = ("bin", "boot", "tftp")
 READ_CHUNK = 1 << 20
 
 
-class ContentError(AstralBootError):
-    """Base of the content errors; each maps to one bus error code."""
+class SourceError(AstralBootError):
+    """A content source (data folder, IPFS) could not give what was asked; one bus code each."""
 
 
-class BadPath(ContentError):
+class BadPath(SourceError):
     """A path that could leave the content root (→ bad_request)."""
 
 
-class ContentMissing(ContentError):
+class ContentMissing(SourceError):
     """No such file or folder under the root (→ not_found)."""
 
 
-class ContentUnavailable(ContentError):
+class ContentUnavailable(SourceError):
     """The backend cannot answer now: daemon down, slow, block missing (→ unavailable)."""
 
 
@@ -254,7 +254,7 @@ class IpfsFolder:
             while True:
                 try:
                     block = self._call(node.path, next, iterator, None)
-                except ContentError:
+                except SourceError:
                     raise
                 except Exception as exc:  # urllib3/requests errors surface raw mid-stream
                     raise ContentUnavailable(f"{node.path}: IPFS stream broke: {exc}") from None
