@@ -36,8 +36,8 @@ from astralboot.common.messages import (
     MachineReply,
 )
 from astralboot.services.dhcpd import constants as c
-from astralboot.services.dhcpd.events import ClientMessage, from_packet
-from astralboot.services.dhcpd.packet import Packet, decode, encode
+from astralboot.services.dhcpd.client_messages import ClientMessage, read_client_message
+from astralboot.services.dhcpd.packet import Packet, encode
 
 SERVER = "192.0.2.1"
 RELAY = "198.18.0.2"
@@ -89,7 +89,7 @@ def client_packet(message_type: int, mac: str = "52:54:00:12:34:56", *, xid: int
 def client_message(message_type: int, mac: str = "52:54:00:12:34:56",
                    **kw: Any) -> ClientMessage:
     """A crafted client packet, through the wire format, as the server sees it."""
-    return from_packet(decode(encode(client_packet(message_type, mac, **kw))))
+    return read_client_message(encode(client_packet(message_type, mac, **kw)))
 
 
 def message_type(packet: Packet) -> int:

@@ -12,7 +12,7 @@ import pytest
 from astralboot.common.messages import LeaseCommit, LeaseOffer, MachineRecord
 from astralboot.services.dhcpd import constants as c
 from astralboot.services.dhcpd.bootchain import BinaryCatalogue, BootChain
-from astralboot.services.dhcpd.events import read_client_message
+from astralboot.services.dhcpd.client_messages import read_client_message
 from astralboot.services.dhcpd.packet import Packet, decode
 from astralboot.services.dhcpd.policy import BROADCAST, Arrival, DhcpPolicy
 from astralboot.services.dhcpd.proxy import ProxyPolicy

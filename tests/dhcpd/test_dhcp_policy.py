@@ -388,6 +388,23 @@ def test_lease_events_travel_with_the_lease_requests() -> None:
     assert h.stats["acks.select"] == 1
 
 
+@pytest.mark.parametrize("kw", [{"arch": 0}, {"user_class": b"iPXE"}, {}],
+                         ids=["firmware", "ipxe", "an os's client"])
+def test_each_lease_reply_asks_the_boot_chain_once(kw: dict[str, Any]) -> None:
+    h = Harness()
+    choose, asked = h.policy.boot.choose, []
+
+    def counted(msg: Any, machine: Any) -> Any:
+        asked.append(machine)
+        return choose(msg, machine)
+
+    h.policy.boot.choose = counted  # type: ignore[method-assign]
+    h.bound(**kw)  # an OFFER, then an ACK
+    assert len(asked) == 2
+    # iPXE's script depends on the machine, so it is chosen with the store's grant.
+    assert all((m is not None) == ("user_class" in kw) for m in asked)
+
+
 def test_an_ipxe_client_s_events_say_ipxe() -> None:
     h = Harness()
     h.bound(user_class=b"iPXE")
@@ -440,7 +457,7 @@ def test_every_reply_fits_the_clients_maximum(giaddr: str, max_size: int | None)
 
 
 def test_an_option_82_too_long_to_echo_is_refused_as_malformed() -> None:
-    from astralboot.services.dhcpd.events import read_client_message
+    from astralboot.services.dhcpd.client_messages import read_client_message
     from astralboot.services.dhcpd.packet import encode
     from astralboot.services.dhcpd.reader import MalformedPacket
     from dhcptest import client_packet

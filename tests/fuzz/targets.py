@@ -50,7 +50,7 @@ from astralboot.common.messages import (
 )
 from astralboot.services.dhcpd import constants as c
 from astralboot.services.dhcpd.bootchain import BinaryCatalogue, BootChain
-from astralboot.services.dhcpd.events import ClientMessage, Discover, read_client_message
+from astralboot.services.dhcpd.client_messages import ClientMessage, Discover, read_client_message
 from astralboot.services.dhcpd.packet import decode as decode_dhcp
 from astralboot.services.dhcpd.packet import encode as encode_dhcp
 from astralboot.services.dhcpd.policy import BROADCAST, Arrival, DhcpPolicy
