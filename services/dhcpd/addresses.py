@@ -2,11 +2,12 @@
 server passes around (messages, the store, the subnet table).
 
 Both directions run several times per packet, so neither builds an
-``IPv4Address`` per call: text is formatted straight from the four octets,
-and text to bytes goes through ``ipaddress`` (strict: a malformed address
-is a ``ValueError``) once per address, then comes from a bounded cache.
-The addresses a server writes repeat (0.0.0.0, its own, each client's
-across OFFER, ACK and renewals), so the cache holds nearly all of them.
+``IPv4Address`` per call: text is joined from the four octets' ready-made
+decimal strings, and text in the form :func:`ip_text` writes is read back
+by splitting it; any other text is left to ``ipaddress`` to accept or
+refuse (``ValueError``). Addresses written repeat (0.0.0.0, the server's
+own, each client's across OFFER, ACK and renewals), so a bounded cache
+answers most of them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ipaddress import IPv4Address
 from .constants import ZERO_IP
 
 ZERO_PACKED = bytes(4)
+_OCTETS = tuple(str(n) for n in range(256))
 
 
 def ip_text(packed: bytes) -> str:
@@ -24,12 +26,19 @@ def ip_text(packed: bytes) -> str:
     if packed == ZERO_PACKED:  # ciaddr and giaddr of most client messages
         return ZERO_IP
     a, b, c, d = packed
-    return f"{a}.{b}.{c}.{d}"
+    octets = _OCTETS
+    return f"{octets[a]}.{octets[b]}.{octets[c]}.{octets[d]}"
 
 
 @lru_cache(maxsize=4096)
 def ip_bytes(text: str) -> bytes:
     """Dotted text as four bytes; ``ValueError`` if it is not an IPv4 address."""
+    try:
+        packed = bytes(map(int, text.split(".")))
+    except ValueError:
+        packed = b""
+    if len(packed) == 4 and ip_text(packed) == text:
+        return packed
     return IPv4Address(text).packed
 
 

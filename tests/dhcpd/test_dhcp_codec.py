@@ -126,7 +126,9 @@ def test_addresses_read_and_write_as_the_socket_module_does(packed: bytes) -> No
     assert ip_int(text) == int.from_bytes(packed, "big")
 
 
-@pytest.mark.parametrize("text", ["", "192.0.2", "192.0.2.256", "192.0.2.1.5", "::1", "x"])
+@pytest.mark.parametrize("text", ["", "192.0.2", "192.0.2.256", "192.0.2.1.5", "::1", "x",
+                                  "192.0.2.01", " 192.0.2.1", "+192.0.2.1", "1_92.0.2.1",
+                                  "192.0.2.-1"])
 def test_a_malformed_address_is_a_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         ip_bytes(text)
