@@ -34,7 +34,7 @@ from .constants import (
     VENDOR_HTTP,
     VENDOR_PXE,
 )
-from .events import ClientMessage
+from .client_messages import ClientMessage
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ peer accepts: options in ``file``/``sname`` only when they do not fit
 
 from __future__ import annotations
 
-import socket
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .constants import (
     BOOTREPLY,
@@ -32,15 +32,41 @@ from .constants import (
     SNAME_SIZE,
     ZERO_IP,
 )
+from .addresses import ip_bytes, ip_text
 from .options import Options, check, fill, read_area
 from .reader import MalformedPacket, Reader
 
-# op htype hlen hops xid secs flags ciaddr yiaddr siaddr giaddr chaddr sname file
 HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
 assert HEADER.size == HEADER_SIZE
 
-_ntoa = socket.inet_ntoa
-_aton = socket.inet_aton
+
+class Header(NamedTuple):
+    """The fixed BOOTP header as received, field by field (RFC 2131 figure 1).
+
+    Addresses are their four bytes; ``chaddr``, ``sname`` and ``file`` are
+    whole fields, padding included. Built by ``_make`` straight from the
+    struct's tuple, so naming the fields costs nothing on the hot path.
+    """
+
+    op: int
+    htype: int
+    hlen: int
+    hops: int
+    xid: int
+    secs: int
+    flags: int
+    ciaddr: bytes
+    yiaddr: bytes
+    siaddr: bytes
+    giaddr: bytes
+    chaddr: bytes
+    sname: bytes
+    file: bytes
+
+    @property
+    def hardware_address(self) -> bytes:
+        """``chaddr`` cut to ``hlen`` bytes (the field is padded to 16)."""
+        return self.chaddr[:self.hlen]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,17 +99,17 @@ def _text(field_bytes: bytes) -> bytes:
     return field_bytes if end < 0 else field_bytes[:end]
 
 
-Header = tuple[int, int, int, int, int, int, int, bytes, bytes, bytes, bytes, bytes, bytes,
-               bytes]
-
-
 def parse(data: bytes) -> tuple[Header, Options, int]:
-    """The raw header fields, the options (from file and sname too when
-    overloaded) and option 52's value (0 if absent); the checks every packet
-    must pass. Raises :class:`MalformedPacket`."""
+    """The header, the options (from ``file`` and ``sname`` too when
+    overloaded) and option 52's value (0 if absent) of a packet that passed
+    the checks every packet must pass; raises :class:`MalformedPacket`.
+
+    The one decoding path: :func:`decode` builds a :class:`Packet` from it,
+    and the server's reader a client message.
+    """
     reader = Reader(data)
-    header: Header = reader.unpack(HEADER, "BOOTP header")  # type: ignore[assignment]
-    op, hlen = header[0], header[2]
+    header = Header._make(reader.unpack(HEADER, "BOOTP header"))
+    op, hlen = header.op, header.hlen
     if op != BOOTREQUEST and op != BOOTREPLY:
         raise MalformedPacket(f"op {op} is neither BOOTREQUEST nor BOOTREPLY")
     if hlen > MAX_HLEN:
@@ -95,23 +121,22 @@ def parse(data: bytes) -> tuple[Header, Options, int]:
     if overload:
         # RFC 2131 4.1 / RFC 3396 section 7: options, then file, then sname.
         if overload & OVERLOAD_FILE:
-            read_area(Reader(header[13]), options, "options in file")
+            read_area(Reader(header.file), options, "options in file")
         if overload & OVERLOAD_SNAME:
-            read_area(Reader(header[12]), options, "options in sname")
+            read_area(Reader(header.sname), options, "options in sname")
     check(options)
     return header, options, overload
 
 
 def decode(data: bytes) -> Packet:
     """Parse one packet; raise :class:`MalformedPacket` if it is not valid."""
-    header, options, overload = parse(data)
-    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr,
-     sname, file) = header
-    return Packet(op=op, htype=htype, hops=hops, xid=xid, secs=secs, flags=flags,
-                  chaddr=chaddr[:hlen], ciaddr=_ntoa(ciaddr), yiaddr=_ntoa(yiaddr),
-                  siaddr=_ntoa(siaddr), giaddr=_ntoa(giaddr),
-                  sname=b"" if overload & OVERLOAD_SNAME else _text(sname),
-                  file=b"" if overload & OVERLOAD_FILE else _text(file), options=options)
+    h, options, overload = parse(data)
+    return Packet(op=h.op, htype=h.htype, hops=h.hops, xid=h.xid, secs=h.secs, flags=h.flags,
+                  chaddr=h.hardware_address, ciaddr=ip_text(h.ciaddr),
+                  yiaddr=ip_text(h.yiaddr), siaddr=ip_text(h.siaddr), giaddr=ip_text(h.giaddr),
+                  sname=b"" if overload & OVERLOAD_SNAME else _text(h.sname),
+                  file=b"" if overload & OVERLOAD_FILE else _text(h.file),
+                  options=options)
 
 
 def pack_header(op: int, htype: int, chaddr: bytes, hops: int, xid: int, secs: int, flags: int,
@@ -160,6 +185,7 @@ def encode(packet: Packet, max_size: int = MAX_MESSAGE) -> bytes:
             raise ValueError(f"options do not fit in {max_size} bytes")
         area = bytes((OPT_OVERLOAD, 1, overload)) + area
     header = pack_header(packet.op, packet.htype, packet.chaddr, packet.hops, packet.xid,
-                         packet.secs, packet.flags, _aton(packet.ciaddr), _aton(packet.yiaddr),
-                         _aton(packet.siaddr), _aton(packet.giaddr), sname, file)
+                         packet.secs, packet.flags, ip_bytes(packet.ciaddr),
+                         ip_bytes(packet.yiaddr), ip_bytes(packet.siaddr),
+                         ip_bytes(packet.giaddr), sname, file)
     return finish(header + area)

@@ -10,7 +10,6 @@ OFFER, ACK, NAK or silence and fills in the options.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,7 @@ from astralboot.common.messages import (
     LeaseGrant,
 )
 
+from .addresses import ip_bytes
 from .bootchain import Assignment, BootChain, BootChoice, is_ipxe
 from .constants import (
     CLIENT_PORT,
@@ -51,7 +51,7 @@ from .constants import (
     SERVER_PORT,
     ZERO_IP,
 )
-from .events import ClientMessage, Decline, Discover, Inform, Release, Request
+from .client_messages import ClientMessage, Decline, Discover, Inform, Release, Request
 from .options import tlv
 from .reply import Outgoing, ReplyTooLarge, destination, lease_times, write
 from .subnets import SubnetProfile, SubnetTable
@@ -126,6 +126,19 @@ def request_state(msg: ClientMessage, arrival: Arrival) -> CommitMode | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class BootPlan:
+    """A lease reply's boot choice as far as it is known before the store
+    answers (``known``), and the boot event's ``detail``."""
+
+    known: bool
+    choice: BootChoice | None
+    detail: str
+
+
+IPXE_PLAN = BootPlan(False, None, "iPXE")
+
+
 NAK, SILENCE = "nak", "silence"
 
 # What the store's refusal of a commit means to the client, per state. A
@@ -158,7 +171,7 @@ class DhcpPolicy:
         self.stats = stats
         self.subnets = SubnetTable(config)
         self.server_ip = str(config.address)
-        self.server_id = tlv(OPT_SERVER_ID, socket.inet_aton(self.server_ip))
+        self.server_id = tlv(OPT_SERVER_ID, ip_bytes(self.server_ip))
         self.tftp_server = tlv(OPT_TFTP_SERVER, self.server_ip.encode())
         self.server_port = config.dhcp.port
         self.client_port = config.dhcp.client_port
@@ -219,15 +232,15 @@ class DhcpPolicy:
         if OPT_ROUTER not in options and msg.giaddr != ZERO_IP:
             # A relayed subnet without a configured gateway: the relay's
             # address on the client's link is its router.
-            options[OPT_ROUTER] = tlv(OPT_ROUTER, socket.inet_aton(msg.giaddr))
+            options[OPT_ROUTER] = tlv(OPT_ROUTER, ip_bytes(msg.giaddr))
         if machine is not None and machine.name:
             options[OPT_HOST_NAME] = tlv(OPT_HOST_NAME, machine.name.encode())
         return options
 
     def _lease_reply(self, msg: ClientMessage, message_type: int, subnet: SubnetProfile,
-                     grant: LeaseGrant) -> tuple[Outgoing, BootChoice | None]:
+                     grant: LeaseGrant, boot_plan: BootPlan) -> Outgoing:
         options = self._network_options(msg, subnet, grant)
-        choice = self.boot.choose(msg, grant)
+        choice = boot_plan.choice if boot_plan.known else self.boot.choose(msg, grant)
         boot = boot_fields(choice, self.server_ip, self.tftp_server)
         options.update(boot.options)
         payload = write(msg, message_type, options, server_id=self.server_id,
@@ -237,16 +250,18 @@ class DhcpPolicy:
                         tail=boot.tail + relay_tail(msg))
         dest = destination(msg, message_type, grant.ip, server_port=self.server_port,
                            client_port=self.client_port)
-        return Outgoing(payload, dest, message_type), choice
+        return Outgoing(payload, dest, message_type)
 
-    def _event_detail(self, msg: ClientMessage) -> str:
-        """What the boot event says, known before the store answers: the boot
-        file for firmware, "iPXE" for a client already running iPXE (its
-        script depends on the machine's OS), nothing for an OS's own client."""
+    def _boot_plan(self, msg: ClientMessage) -> BootPlan:
+        """The boot choice, made before the store answers when the machine
+        does not matter, and what the boot event says: the boot file for
+        firmware, nothing for an OS's own client, "iPXE" for a client already
+        running iPXE, whose script depends on the machine's OS and so is
+        chosen with the grant."""
         if is_ipxe(msg):
-            return "iPXE"
+            return IPXE_PLAN
         choice = self.boot.choose(msg, None)
-        return choice.filename if choice else ""
+        return BootPlan(True, choice, choice.filename if choice else "")
 
     def _nak(self, msg: ClientMessage, reason: str, ip: str | None) -> Outgoing:
         self.stats["naks"] += 1
@@ -264,10 +279,11 @@ class DhcpPolicy:
         subnet = self._subnet(msg)
         if subnet is None:
             return None
+        plan = self._boot_plan(msg)
         reply = await self.store.request(LeaseOffer(
             mac=msg.mac, subnet=subnet.name, client_id=msg.client_id,
             requested_ip=msg.requested_ip, hostname=msg.hostname,
-            report=True, detail=self._event_detail(msg)))
+            report=True, detail=plan.detail))
         if not isinstance(reply, LeaseGrant):
             if isinstance(reply, ErrorReply) and reply.code == ErrorCode.POOL_EXHAUSTED.value:
                 self.stats["pool_exhausted"] += 1
@@ -275,7 +291,7 @@ class DhcpPolicy:
             else:
                 self._store_error(msg, reply)
             return None
-        out, _ = self._lease_reply(msg, DHCPOFFER, subnet, reply)
+        out = self._lease_reply(msg, DHCPOFFER, subnet, reply, plan)
         self.stats["offers"] += 1
         return out
 
@@ -301,12 +317,12 @@ class DhcpPolicy:
             # Checked here, without the store: INIT-REBOOT on the wrong network,
             # or renewing an address that is on none of ours (RFC 2131 4.3.2).
             return self._nak(msg, f"{ip} is not on this network", ip)
+        plan = self._boot_plan(msg)
         reply = await self.store.request(LeaseCommit(
             mac=msg.mac, subnet=subnet.name, ip=ip, mode=mode, client_id=msg.client_id,
-            hostname=msg.hostname, report=True,
-            detail=f"{mode} {self._event_detail(msg)}".rstrip()))
+            hostname=msg.hostname, report=True, detail=f"{mode} {plan.detail}".rstrip()))
         if isinstance(reply, LeaseGrant):
-            out, _ = self._lease_reply(msg, DHCPACK, subnet, reply)
+            out = self._lease_reply(msg, DHCPACK, subnet, reply, plan)
             self.stats["acks"] += 1
             self.stats[f"acks.{mode}"] += 1
             return out

@@ -13,7 +13,6 @@ this mode is safe on an office network, and the rogue guard allows it.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections import Counter
 
@@ -28,6 +27,7 @@ from astralboot.common.messages import (
     MachineReply,
 )
 
+from .addresses import ip_bytes
 from .bootchain import BootChain, is_boot_client
 from .constants import (
     DHCPACK,
@@ -41,7 +41,7 @@ from .constants import (
     VENDOR_PXE,
     ZERO_IP,
 )
-from .events import ClientMessage, Discover, Request
+from .client_messages import ClientMessage, Discover, Request
 from .options import tlv
 from .policy import BROADCAST, Arrival, Report, Store, boot_fields, relay_tail
 from .reply import Destination, Outgoing, ReplyTooLarge, destination, write
@@ -62,7 +62,7 @@ class ProxyPolicy:
         self.report = report
         self.stats = stats
         self.server_ip = str(config.address)
-        self.server_id = tlv(OPT_SERVER_ID, socket.inet_aton(self.server_ip))
+        self.server_id = tlv(OPT_SERVER_ID, ip_bytes(self.server_ip))
         self.tftp_server = tlv(OPT_TFTP_SERVER, self.server_ip.encode())
         self.server_port = config.dhcp.port
         self.client_port = config.dhcp.client_port

@@ -8,7 +8,6 @@ what order, is the client's parameter request list (option 55).
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,11 +34,11 @@ from .constants import (
     OPT_TFTP_SERVER,
     ZERO_IP,
 )
-from .events import ClientMessage
+from .addresses import ip_bytes
+from .client_messages import ClientMessage
 from .options import tlv
 from .packet import finish, pack_header
 
-_aton = socket.inet_aton
 _U32 = struct.Struct("!I")
 
 # Sent first, whatever the client asked (RFC 2131 table 3 and 4.3.1).
@@ -120,7 +119,7 @@ def write(msg: ClientMessage, message_type: int, options: Mapping[int, bytes], *
     if message_type == DHCPNAK and msg.giaddr != ZERO_IP:
         flags |= FLAG_BROADCAST  # so the relay broadcasts it (RFC 2131 4.1)
     header = pack_header(BOOTREPLY, msg.htype, msg.chaddr, 0, msg.xid, 0, flags,
-                         _aton(ciaddr), _aton(yiaddr), _aton(siaddr), _aton(msg.giaddr),
+                         ip_bytes(ciaddr), ip_bytes(yiaddr), ip_bytes(siaddr), ip_bytes(msg.giaddr),
                          b"", file)
     fixed = MESSAGE_TYPE_TLV[message_type] + server_id + lease
     chosen = []

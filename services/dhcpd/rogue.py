@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 
 from astralboot.common import netif
 
+from .addresses import ip_text
 from .constants import (
     BOOTREPLY,
     BOOTREQUEST,
@@ -63,7 +63,7 @@ def answering_server(data: bytes, source: str, xid: int) -> tuple[str, bool] | N
                                                                        bytes((DHCPACK,))):
         return None
     server_id = packet.options.get(OPT_SERVER_ID)
-    server = socket.inet_ntoa(server_id) if server_id else source
+    server = ip_text(server_id) if server_id else source
     return server, packet.yiaddr != ZERO_IP
 
 

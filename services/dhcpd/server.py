@@ -24,7 +24,7 @@ from astralboot.common.frontend import settle_heap
 
 from .bootchain import BinaryCatalogue, BootChain
 from .constants import BROADCAST_IP, PXE_PORT
-from .events import ClientMessage, UnsupportedMessage, read_client_message
+from .client_messages import ClientMessage, UnsupportedMessage, read_client_message
 from .policy import Arrival, DhcpPolicy
 from .proxy import ProxyPolicy
 from .reader import MalformedPacket

@@ -3,13 +3,12 @@ every reply on it carries, encoded once at start-up."""
 
 from __future__ import annotations
 
-import socket
-import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from astralboot.common.config.model import Config, SubnetConfig
 
+from .addresses import ip_int
 from .constants import (
     OPT_BROADCAST,
     OPT_DNS,
@@ -20,12 +19,6 @@ from .constants import (
     ZERO_IP,
 )
 from .options import tlv
-
-_U32 = struct.Struct("!I")
-
-
-def ip_int(ip: str) -> int:
-    return _U32.unpack(socket.inet_aton(ip))[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ def _set_buffer(sock: socket.socket, option: int, forced: int, size: int) -> Non
         sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
-def _bind_error(exc: OSError, address: str, port: int) -> StartupError:
+def bind_error(exc: OSError, address: str, port: int) -> StartupError:
     reason = {
         errno.EADDRINUSE: f"UDP port {port} on {address} is in use by another program "
                           "(another TFTP server, or dnsmasq with enable-tftp?)",
@@ -203,7 +203,7 @@ class TftpServer:
             sock.bind((self.address, self.settings.port))
         except OSError as exc:
             sock.close()
-            raise _bind_error(exc, self.address, self.settings.port) from None
+            raise bind_error(exc, self.address, self.settings.port) from None
         sock.setblocking(False)
         _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, LISTEN_BUFFER)
         if self.settings.single_port:

@@ -1,17 +1,13 @@
-"""Helpers for the dhcpd tests: configs, crafted client packets, a fake store.
+"""Helpers for the dhcpd tests: configs, crafted client packets, and the
+store's own decision layer for unit tests of the policy.
 
-The fake store is for unit tests of the policy layer only; integration
-tests run the real store.
+Integration tests run the whole store process instead.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import itertools
 import socket
 import struct
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +19,18 @@ from astralboot.common.messages import (
     ContentEntry,
     ContentStat,
     ContentStatReply,
-    Done,
     ErrorReply,
-    LeaseCommit,
-    LeaseDecline,
-    LeaseOffer,
+    LeaseList,
+    LeaseListReply,
     LeaseRecord,
-    LeaseRelease,
-    LeaseGrant,
-    MachineGet,
     MachineRecord,
     MachineReply,
+    MachineSet,
 )
 from astralboot.services.dhcpd import constants as c
-from astralboot.services.dhcpd.events import ClientMessage, from_packet
-from astralboot.services.dhcpd.packet import Packet, decode, encode
+from astralboot.services.dhcpd.client_messages import ClientMessage, read_client_message
+from astralboot.services.dhcpd.packet import Packet, encode
+from astralboot.services.store.service import StoreService
 
 SERVER = "192.0.2.1"
 RELAY = "198.18.0.2"
@@ -89,7 +82,7 @@ def client_packet(message_type: int, mac: str = "52:54:00:12:34:56", *, xid: int
 def client_message(message_type: int, mac: str = "52:54:00:12:34:56",
                    **kw: Any) -> ClientMessage:
     """A crafted client packet, through the wire format, as the server sees it."""
-    return from_packet(decode(encode(client_packet(message_type, mac, **kw))))
+    return read_client_message(encode(client_packet(message_type, mac, **kw)))
 
 
 def message_type(packet: Packet) -> int:
@@ -108,111 +101,52 @@ def option_codes(packet_bytes: bytes) -> list[int]:
     return codes
 
 
-@dataclass
-class FakeStore:
-    """An in-memory stand-in for the store's lease contract (policy tests only).
+class InProcessStore:
+    """The real store's decisions in this process (no bus, no database) behind
+    the bus client's ``request``, for unit tests of the policy layer.
 
-    ``fail`` maps a request kind to an ErrorReply code or "timeout".
+    Lease and machine requests go to a :class:`StoreService`, the pure
+    decision layer of the store process, so allocation, commits, releases
+    and declines are the store's own; what the process adds around it
+    (durable writes, publishing events) is left out. The one thing the
+    service does not answer, content (which iPXE binaries ``tftp/`` holds),
+    comes from ``binaries``. ``fail`` maps a request kind to an ErrorReply
+    code or "timeout", for a store that is down or broken.
     """
 
-    config: Config
-    machines: dict[str, MachineRecord] = field(default_factory=dict)
-    leases: dict[tuple[str, str], LeaseRecord] = field(default_factory=dict)  # (subnet, mac)
-    binaries: set[str] = field(default_factory=lambda: {"snponly.efi", "ipxe.efi"})
-    fail: dict[str, str] = field(default_factory=dict)
-    calls: list[Request] = field(default_factory=list)
-    stats: Counter[str] = field(default_factory=Counter)
-    _names: Any = field(default_factory=lambda: itertools.count(1))
+    def __init__(self, config: Config, *, binaries: set[str] | None = None,
+                 fail: dict[str, str] | None = None, now: float = 1000.0) -> None:
+        self.service = StoreService(config)
+        self.binaries = {"snponly.efi", "ipxe.efi"} if binaries is None else binaries
+        self.fail = dict(fail or {})
+        self.calls: list[Request] = []
+        self.now = now  # the store's clock; the service never reads one itself
 
-    def machine(self, mac: str, **kw: Any) -> MachineRecord:
-        if mac not in self.machines:
-            self.machines[mac] = MachineRecord(mac=mac, name=f"node{next(self._names)}", **kw)
-        return self.machines[mac]
+    def machine(self, mac: str, **fields: Any) -> MachineRecord | None:
+        """Set a machine's name, OS... as an operator would (None if refused)."""
+        reply = self.service.handle(MachineSet(mac=mac, **fields), self.now).reply
+        return reply.machine if isinstance(reply, MachineReply) else None
 
-    def _pool(self, subnet: str) -> list[str]:
-        for s in self.config.dhcp.subnets:
-            if s.name == subnet:
-                start, end = int(s.range_start), int(s.range_end)
-                return [str(ipaddress.IPv4Address(n)) for n in range(start, end + 1)]
-        raise KeyError(subnet)
-
-    def _taken(self, subnet: str) -> set[str]:
-        return {lease.ip for (s, _), lease in self.leases.items() if s == subnet}
+    def leases(self) -> dict[str, LeaseRecord]:
+        """The store's leases by address."""
+        reply = self.service.handle(LeaseList(), self.now).reply
+        assert isinstance(reply, LeaseListReply), reply
+        return {lease.ip: lease for lease in reply.leases}
 
     async def request(self, msg: Request, *, deadline: float | None = None) -> Reply:
         self.calls.append(msg)
         failure = self.fail.get(msg.kind)
         if failure == "timeout":
-            raise BusTimeout("fake://store", msg.kind, 0.1, 1)
+            raise BusTimeout("test://store", msg.kind, 0.1, 1)
         if failure:
-            return ErrorReply(code=failure, detail="fake failure")
-        if isinstance(msg, LeaseOffer):
-            return self._offer(msg)
-        if isinstance(msg, LeaseCommit):
-            return self._commit(msg)
-        if isinstance(msg, (LeaseRelease, LeaseDecline)):
-            for key, lease in list(self.leases.items()):
-                if lease.mac == msg.mac and lease.ip == msg.ip:
-                    state = "released" if isinstance(msg, LeaseRelease) else "declined"
-                    self.leases[key] = _with(lease, state=state)
-            return Done()
-        if isinstance(msg, MachineGet):
-            machine = self.machines.get(msg.mac)
-            if machine is None:
-                return ErrorReply(code="not_found", detail=msg.mac)
-            return MachineReply(machine=machine)
+            return ErrorReply(code=failure, detail="failure set by the test")
         if isinstance(msg, ContentStat):
             name = msg.path.rpartition("/")[2]
             if name in self.binaries:
                 return ContentStatReply(entry=ContentEntry(path=msg.path, is_dir=False, size=1,
                                                            digest="00" * 32))
             return ErrorReply(code="not_found", detail=msg.path)
-        return ErrorReply(code="bad_request", detail=msg.kind)
-
-    def _offer(self, msg: LeaseOffer) -> Reply:
-        try:
-            pool = self._pool(msg.subnet)
-        except KeyError:
-            return ErrorReply(code="not_found", detail=msg.subnet)
-        key = (msg.subnet, msg.mac)
-        if key in self.leases and self.leases[key].state in ("offered", "bound"):
-            ip = self.leases[key].ip
-        else:
-            taken = self._taken(msg.subnet)
-            free = [ip for ip in pool if ip not in taken]
-            if msg.requested_ip in free:
-                ip = msg.requested_ip
-            elif free:
-                ip = free[0]
-            else:
-                return ErrorReply(code="pool_exhausted", detail=msg.subnet)
-        lease = LeaseRecord(ip=ip, mac=msg.mac, subnet=msg.subnet, state="offered",
-                            expires=0.0, lease_time=self.config.dhcp.lease_time,
-                            client_id=msg.client_id, hostname=msg.hostname)
-        self.leases[key] = lease
-        return _grant(lease, self.machine(msg.mac))
-
-    def _commit(self, msg: LeaseCommit) -> Reply:
-        key = (msg.subnet, msg.mac)
-        lease = self.leases.get(key)
-        if lease is None:
-            if msg.mode in ("reboot", "rebind", "renew"):
-                return ErrorReply(code="not_found", detail=msg.mac)
-            return ErrorReply(code="conflict", detail=f"{msg.ip} was not offered to {msg.mac}")
-        if lease.ip != msg.ip:
-            return ErrorReply(code="conflict", detail=f"{msg.ip} is not {msg.mac}'s address")
-        bound = _with(lease, state="bound")
-        self.leases[key] = bound
-        return _grant(bound, self.machine(msg.mac))
-
-
-def _with(lease: LeaseRecord, **changes: Any) -> LeaseRecord:
-    fields = {f: getattr(lease, f) for f in LeaseRecord.__dataclass_fields__}
-    fields.update(changes)
-    return LeaseRecord(**fields)
-
-
-def _grant(lease: LeaseRecord, machine: MachineRecord) -> LeaseGrant:
-    """What the real store answers LeaseOffer and LeaseCommit with."""
-    return LeaseGrant(ip=lease.ip, state=lease.state, lease_time=lease.lease_time,
-                      expires=lease.expires, name=machine.name, os=machine.os, mac=lease.mac)
+        result = self.service.handle(msg, self.now)
+        assert result.reply is not None and result.read is None, (
+            f"{msg.kind} is answered from the database, which these tests do not have")
+        return result.reply

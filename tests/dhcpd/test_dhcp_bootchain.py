@@ -9,30 +9,29 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from astralboot.common.messages import LeaseCommit, LeaseOffer, MachineRecord
+from astralboot.common.messages import LeaseCommit, LeaseOffer
 from astralboot.services.dhcpd import constants as c
 from astralboot.services.dhcpd.bootchain import BinaryCatalogue, BootChain
-from astralboot.services.dhcpd.events import read_client_message
+from astralboot.services.dhcpd.client_messages import read_client_message
 from astralboot.services.dhcpd.packet import Packet, decode
 from astralboot.services.dhcpd.policy import BROADCAST, Arrival, DhcpPolicy
 from astralboot.services.dhcpd.proxy import ProxyPolicy
 from dhcp_captures import EDK2_DISCOVER, IPXE_DISCOVER
-from dhcptest import SERVER, FakeStore, client_message, make_config, message_type
+from dhcptest import SERVER, InProcessStore, client_message, make_config, message_type
 
 MAC = "52:54:00:12:34:56"
 URL = "http://192.0.2.1"
 
 
 def offer_for(msg_bytes: bytes | None = None, *, binaries: set[str] | None = None,
-              machine: MachineRecord | None = None, public_url: str = URL,
+              machine: dict[str, str] | None = None, public_url: str = URL,
               **kw: Any) -> Packet:
-    """The OFFER the authoritative policy makes to a crafted DISCOVER."""
+    """The OFFER the authoritative policy makes to a crafted DISCOVER
+    (``machine``: the fields an operator set on the client's machine)."""
     config = make_config()
-    store = FakeStore(config)
-    if binaries is not None:
-        store.binaries = binaries
+    store = InProcessStore(config, binaries=binaries)
     if machine is not None:
-        store.machines[machine.mac] = machine
+        assert store.machine(MAC, **machine) is not None
     catalogue = BinaryCatalogue()
     policy = DhcpPolicy(config=config, store=store, boot=BootChain(public_url, catalogue),
                         report=lambda *e: None, stats=Counter())
@@ -121,8 +120,7 @@ def test_captured_ipxe_discover_gets_the_menu() -> None:
 
 
 def test_ipxe_of_a_machine_with_an_os_goes_straight_to_its_script() -> None:
-    machine = MachineRecord(mac=MAC, name="node7", os="debian")
-    p = offer_for(IPXE_DISCOVER, machine=machine)
+    p = offer_for(IPXE_DISCOVER, machine={"name": "node7", "os": "debian"})
     assert boot_file(p) == f"{URL}/boot/debian/{MAC}"
     assert p.options[c.OPT_HOST_NAME] == b"node7"
 
@@ -161,7 +159,7 @@ def test_catalogue_before_the_store_answers() -> None:
 
 
 def test_catalogue_left_unknown_when_the_store_fails() -> None:
-    store = FakeStore(make_config(), fail={"content.stat": "unavailable"})
+    store = InProcessStore(make_config(), fail={"content.stat": "unavailable"})
     catalogue = BinaryCatalogue()
     asyncio.run(catalogue.refresh(store.request))
     assert catalogue.present == {}
@@ -172,7 +170,7 @@ def test_catalogue_left_unknown_when_the_store_fails() -> None:
 class Proxy:
     def __init__(self) -> None:
         self.config = make_config(proxy=True)
-        self.store = FakeStore(self.config)
+        self.store = InProcessStore(self.config)
         self.stats: Counter[str] = Counter()
         self.events: list[tuple[Any, ...]] = []
         catalogue = BinaryCatalogue(present={"snponly.efi": True})
@@ -251,7 +249,7 @@ def test_proxy_answers_port_4011_request_to_its_source() -> None:
 
 def test_proxy_ipxe_gets_the_script_of_its_machine() -> None:
     proxy = Proxy()
-    proxy.store.machines[MAC] = MachineRecord(mac=MAC, name="node1", os="debian")
+    proxy.store.machine(MAC, name="node1", os="debian")
     answer = proxy.send(IPXE_DISCOVER)
     assert answer is not None
     assert boot_file(answer[0]) == f"{URL}/boot/debian/{MAC}"

@@ -8,11 +8,11 @@ import socket
 import pytest
 from astralboot.common.errors import RemoteProtocolError
 from astralboot.services.dhcpd import constants as c
-from astralboot.services.dhcpd.events import (
+from astralboot.services.dhcpd.addresses import ip_bytes, ip_int, ip_text
+from astralboot.services.dhcpd.client_messages import (
     Discover,
     Request,
     UnsupportedMessage,
-    from_packet,
     read_client_message,
 )
 from astralboot.services.dhcpd.options import LENGTHS, fill, tlv, user_classes
@@ -116,6 +116,33 @@ def test_long_option_instances_are_joined() -> None:
     assert decode(LONG_OPTION).options[12] == b"a" * 300
     # RFC 3396 section 7: main area first, then file.
     assert decode(LONG_OPTION_OVERLOADED).options[12] == b"a" * 5 + b"b" * 10
+
+
+@given(st.binary(min_size=4, max_size=4))
+def test_addresses_read_and_write_as_the_socket_module_does(packed: bytes) -> None:
+    text = ip_text(packed)
+    assert text == socket.inet_ntoa(packed)
+    assert ip_bytes(text) == packed == socket.inet_aton(text)
+    assert ip_int(text) == int.from_bytes(packed, "big")
+
+
+@pytest.mark.parametrize("text", ["", "192.0.2", "192.0.2.256", "192.0.2.1.5", "::1", "x",
+                                  "192.0.2.01", " 192.0.2.1", "+192.0.2.1", "1_92.0.2.1",
+                                  "192.0.2.-1"])
+def test_a_malformed_address_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        ip_bytes(text)
+
+
+@pytest.mark.parametrize("data", FIXTURES)
+def test_the_server_s_reader_and_the_full_decode_agree(data: bytes) -> None:
+    packet, msg = decode(data), read_client_message(data)
+    assert (msg.xid, msg.chaddr, msg.htype, msg.flags, msg.hops, msg.ciaddr, msg.giaddr) == (
+        packet.xid, packet.chaddr, packet.htype, packet.flags, packet.hops, packet.ciaddr,
+        packet.giaddr)
+    assert msg.client_id == packet.options.get(c.OPT_CLIENT_ID)
+    requested = packet.options.get(c.OPT_REQUESTED_IP)
+    assert msg.requested_ip == (socket.inet_ntoa(requested) if requested else None)
 
 
 @pytest.mark.parametrize("data", FIXTURES)
@@ -349,5 +376,5 @@ def test_mutated_packets_raise_only_the_codec_error(data: bytes,
 
 
 def test_crafted_client_packet_reads_back() -> None:
-    msg = from_packet(decode(encode(client_packet(c.DHCPDISCOVER, arch=7, vendor=b"PXEClient"))))
+    msg = read_client_message(encode(client_packet(c.DHCPDISCOVER, arch=7, vendor=b"PXEClient")))
     assert isinstance(msg, Discover) and msg.arch == 7

@@ -1,5 +1,6 @@
-"""The policy layer against a fake store: every protocol behaviour as a table row
-(RFC 2131 section 4.3 and 4.1), then the options of a reply."""
+"""The policy layer against the store's own decisions (no bus, no database):
+every protocol behaviour as a table row (RFC 2131 section 4.3 and 4.1), then
+the options of a reply."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import pytest
 from astralboot.common.messages import (
     LeaseCommit,
     LeaseOffer,
-    MachineRecord,
 )
 from astralboot.services.dhcpd import constants as c
 from astralboot.services.dhcpd.bootchain import BinaryCatalogue, BootChain
@@ -29,7 +29,7 @@ from astralboot.services.dhcpd.reply import Outgoing
 from dhcptest import (
     RELAY,
     SERVER,
-    FakeStore,
+    InProcessStore,
     client_message,
     make_config,
     message_type,
@@ -37,16 +37,17 @@ from dhcptest import (
 )
 
 MAC = "52:54:00:12:34:56"
+OTHER = "52:54:00:00:00:99"
 EVERYONE = "255.255.255.255"
 UNICAST = Arrival(broadcast=False, source=("192.0.2.100", 68))
 
 
 class Harness:
-    """A policy wired to a fake store, an event list and counters."""
+    """A policy wired to the store's decisions, an event list and counters."""
 
     def __init__(self, domain: str = "lab.example", **dhcp: Any) -> None:
         self.config = make_config(domain=domain, **dhcp)
-        self.store = FakeStore(self.config)
+        self.store = InProcessStore(self.config)
         self.events: list[tuple[str, str, str | None, str]] = []
         self.stats: Counter[str] = Counter()
         catalogue = BinaryCatalogue(present={name: True for name in self.store.binaries})
@@ -102,6 +103,27 @@ def relayed_bound(h: Harness) -> str:
     return h.bound(giaddr=RELAY)
 
 
+def offered_other_bound(h: Harness) -> str:
+    """The client holds an offer; another client's bound address is returned."""
+    h.offered()
+    return h.bound(mac=OTHER)
+
+
+def bound_other_bound(h: Harness) -> str:
+    h.bound()
+    return h.bound(mac=OTHER)
+
+
+def relayed_other_bound(h: Harness) -> str:
+    return h.bound(mac=OTHER, giaddr=RELAY)
+
+
+def pool_taken(h: Harness) -> None:
+    """Other clients hold every address of the local pool (192.0.2.100-199)."""
+    for n in range(100):
+        h.bound(mac=f"52:54:00:00:01:{n:02x}")
+
+
 CASES = {
     "discover: offer unicast to the offered address (ARP entry)": Case(
         fresh, lambda ip: (c.DHCPDISCOVER, {}), reply=c.DHCPOFFER, to=("yiaddr", 68),
@@ -116,8 +138,8 @@ CASES = {
         fresh, lambda ip: (c.DHCPDISCOVER, {"giaddr": "203.0.113.1"}),
         counter="ignored.unknown_relay"),
     "discover, pool exhausted: silence": Case(
-        fresh, lambda ip: (c.DHCPDISCOVER, {}), store="lease.offer", counter="pool_exhausted",
-        fail={"lease.offer": "pool_exhausted"}),
+        pool_taken, lambda ip: (c.DHCPDISCOVER, {}), store="lease.offer",
+        counter="pool_exhausted"),
     "discover, store unreachable: silence": Case(
         fresh, lambda ip: (c.DHCPDISCOVER, {}), store="lease.offer", counter="store_timeouts",
         fail={"lease.offer": "timeout"}),
@@ -131,19 +153,28 @@ CASES = {
     "selecting another server: silence": Case(
         offered, lambda ip: (c.DHCPREQUEST, {"server_id": "192.0.2.9", "requested": ip}),
         store="lease.offer", counter="ignored.other_server"),
-    "selecting this server for an address it did not offer: NAK broadcast": Case(
+    "selecting this server for a free address it did not offer: ACK (the store binds it)": Case(
         offered, lambda ip: (c.DHCPREQUEST, {"server_id": SERVER, "requested": "192.0.2.150"}),
+        reply=c.DHCPACK, to=("yiaddr", 68), hardware=True, store="lease.commit:select"),
+    "selecting this server for another client's address: NAK broadcast": Case(
+        offered_other_bound, lambda ip: (c.DHCPREQUEST, {"server_id": SERVER, "requested": ip}),
+        reply=c.DHCPNAK, to=(EVERYONE, 68), store="lease.commit:select", counter="naks"),
+    "selecting an address outside the pool: NAK broadcast": Case(
+        offered, lambda ip: (c.DHCPREQUEST, {"server_id": SERVER, "requested": "192.0.2.50"}),
         reply=c.DHCPNAK, to=(EVERYONE, 68), store="lease.commit:select", counter="naks"),
     "selecting via relay, conflict: NAK to the relay": Case(
-        fresh, lambda ip: (c.DHCPREQUEST, {"server_id": SERVER, "requested": "198.18.1.9",
-                                           "giaddr": RELAY}),
+        relayed_other_bound, lambda ip: (c.DHCPREQUEST, {"server_id": SERVER, "requested": ip,
+                                                         "giaddr": RELAY}),
         reply=c.DHCPNAK, to=(RELAY, 67), store="lease.commit:select"),
     "init-reboot, right address: ACK": Case(
         bound, lambda ip: (c.DHCPREQUEST, {"requested": ip}), reply=c.DHCPACK,
         to=("yiaddr", 68), hardware=True, store="lease.commit:reboot"),
-    "init-reboot, wrong address: NAK": Case(
-        bound, lambda ip: (c.DHCPREQUEST, {"requested": "192.0.2.150"}), reply=c.DHCPNAK,
+    "init-reboot, another client's address: NAK": Case(
+        bound_other_bound, lambda ip: (c.DHCPREQUEST, {"requested": ip}), reply=c.DHCPNAK,
         to=(EVERYONE, 68), store="lease.commit:reboot"),
+    "init-reboot, a free address: ACK (the store moves the client)": Case(
+        bound, lambda ip: (c.DHCPREQUEST, {"requested": "192.0.2.150"}), reply=c.DHCPACK,
+        to=("yiaddr", 68), hardware=True, store="lease.commit:reboot"),
     "init-reboot, wrong network: NAK without asking the store": Case(
         bound, lambda ip: (c.DHCPREQUEST, {"requested": "10.0.0.5"}), reply=c.DHCPNAK,
         to=(EVERYONE, 68), store="lease.commit:select"),
@@ -169,11 +200,13 @@ CASES = {
     "renewing an address the store does not know: NAK": Case(
         fresh, lambda ip: (c.DHCPREQUEST, {"ciaddr": "192.0.2.130"}), arrival=UNICAST,
         reply=c.DHCPNAK, to=(EVERYONE, 68), store="lease.commit:renew"),
-    "rebinding an address the store does not know: silence": Case(
-        fresh, lambda ip: (c.DHCPREQUEST, {"ciaddr": "192.0.2.130"}),
-        store="lease.commit:rebind", counter="ignored.unknown_client_rebind"),
+    # The store answers "conflict" (not "not_found") for an address it has not
+    # bound to the client, so COMMIT_ERRORS's silence for REBINDING is not reached.
+    "rebinding an address the store does not know: NAK": Case(
+        fresh, lambda ip: (c.DHCPREQUEST, {"ciaddr": "192.0.2.130"}), reply=c.DHCPNAK,
+        to=(EVERYONE, 68), store="lease.commit:rebind", counter="naks"),
     "renewing someone else's address: NAK": Case(
-        bound, lambda ip: (c.DHCPREQUEST, {"ciaddr": ip, "mac": "52:54:00:00:00:99"}),
+        bound, lambda ip: (c.DHCPREQUEST, {"ciaddr": ip, "mac": OTHER}),
         arrival=UNICAST, reply=c.DHCPNAK, to=(EVERYONE, 68), store="lease.commit:renew"),
     "renewing from a network this server does not serve: NAK": Case(
         fresh, lambda ip: (c.DHCPREQUEST, {"ciaddr": "10.1.2.3"}), arrival=UNICAST,
@@ -252,12 +285,23 @@ def test_offer_carries_lease_times_server_id_and_requested_options() -> None:
     assert o[c.OPT_DNS] == socket.inet_aton(SERVER)
     assert o[c.OPT_DOMAIN_NAME] == b"lab.example"
     assert o[c.OPT_BROADCAST] == socket.inet_aton("192.0.2.255")
-    assert o[c.OPT_HOST_NAME] == b"node1"  # the machine's name from the store
+    assert c.OPT_HOST_NAME not in o  # no machine yet: the store makes one on the first ACK
     assert c.OPT_BOOTFILE not in o and p.file == b""  # not a network-boot client
+
+
+def test_the_machine_s_name_from_the_store_becomes_the_host_name() -> None:
+    # The store names a machine after its first address: 192.0.2.100 is node100.
+    h = Harness()
+    ip = h.offered()
+    ack = h.send(c.DHCPREQUEST, server_id=SERVER, requested=ip)
+    assert ack is not None and decode(ack.payload).options[c.OPT_HOST_NAME] == b"node100"
+    again = h.send(c.DHCPDISCOVER)
+    assert again is not None and decode(again.payload).options[c.OPT_HOST_NAME] == b"node100"
 
 
 def test_options_follow_the_parameter_request_list_order() -> None:
     h = Harness()
+    h.bound()  # a machine the store has named, so option 12 has a value
     out = h.send(c.DHCPDISCOVER, params=bytes((15, 6, 3, 1, 12)))
     assert out is not None
     assert option_codes(out.payload) == [53, 54, 51, 58, 59, 15, 6, 3, 1, 12]
@@ -272,6 +316,7 @@ def test_unrequested_options_are_left_out() -> None:
 
 def test_no_parameter_list_gets_the_usual_set() -> None:
     h = Harness()
+    h.bound()  # a machine the store has named, so option 12 has a value
     out = h.send(c.DHCPDISCOVER, params=None)
     assert out is not None
     assert option_codes(out.payload) == [53, 54, 51, 58, 59, 1, 3, 6, 12, 15, 28]
@@ -279,7 +324,7 @@ def test_no_parameter_list_gets_the_usual_set() -> None:
 
 def test_reservation_name_becomes_host_name() -> None:
     h = Harness()
-    h.store.machines[MAC] = MachineRecord(mac=MAC, name="web01", os="debian")
+    h.store.machine(MAC, name="web01", os="debian")
     out = h.send(c.DHCPDISCOVER)
     assert out is not None
     assert decode(out.payload).options[c.OPT_HOST_NAME] == b"web01"
@@ -308,7 +353,8 @@ def test_relay_agent_information_is_echoed_last() -> None:
 
 def test_relayed_nak_sets_the_broadcast_bit() -> None:
     h = Harness()
-    out = h.send(c.DHCPREQUEST, server_id=SERVER, requested="198.18.1.9", giaddr=RELAY)
+    taken = relayed_other_bound(h)
+    out = h.send(c.DHCPREQUEST, server_id=SERVER, requested=taken, giaddr=RELAY)
     assert out is not None
     p = decode(out.payload)
     assert p.flags & c.FLAG_BROADCAST
@@ -356,7 +402,7 @@ def test_reply_larger_than_the_client_accepts_drops_requested_options() -> None:
     # A client that takes 576 bytes (option 57 below the minimum counts as 576),
     # a long domain and a long host name: not everything it asks for fits.
     h = Harness(domain="d" * 60 + "." + "e" * 60 + "." + "f" * 60 + ".example")
-    h.store.machines[MAC] = MachineRecord(mac=MAC, name="n" * 63)
+    h.store.machine(MAC, name="n" * 63)
     out = h.send(c.DHCPDISCOVER, arch=0, params=bytes((1, 3, 6, 15, 12, 66, 67)),
                  extra={c.OPT_MAX_MESSAGE_SIZE: struct.pack("!H", 400)})
     assert out is not None
@@ -375,7 +421,7 @@ def test_lease_events_travel_with_the_lease_requests() -> None:
     # message per packet. Only a NAK, which writes no lease, is reported apart.
     h = Harness()
     ip = h.bound(arch=0)  # a BIOS PXE ROM: its events name the boot file
-    h.send(c.DHCPREQUEST, requested="192.0.2.150")  # INIT-REBOOT, wrong address: NAK
+    h.send(c.DHCPREQUEST, requested="192.0.2.50")  # INIT-REBOOT, outside the pool: NAK
     h.send(c.DHCPRELEASE, ciaddr=ip, server_id=SERVER)
     h.send(c.DHCPDECLINE, requested=ip, server_id=SERVER)
     asked = [m for m in h.store.calls if m.kind != "content.stat"]
@@ -384,8 +430,34 @@ def test_lease_events_travel_with_the_lease_requests() -> None:
     assert all(m.report for m in asked)  # type: ignore[attr-defined]
     details = [m.detail for m in asked[:2]]  # type: ignore[attr-defined]
     assert details == ["undionly.kpxe", "select undionly.kpxe"]
-    assert [(e[0], e[2]) for e in h.events] == [("dhcp.nak", "192.0.2.150")]
+    assert [(e[0], e[2]) for e in h.events] == [("dhcp.nak", "192.0.2.50")]
     assert h.stats["acks.select"] == 1
+
+
+def test_a_declined_address_is_quarantined_and_the_client_offered_another() -> None:
+    h = Harness()
+    ip = h.bound()
+    assert h.send(c.DHCPDECLINE, requested=ip, server_id=SERVER) is None
+    assert h.store.leases()[ip].state == "declined"
+    out = h.send(c.DHCPDISCOVER)
+    assert out is not None and decode(out.payload).yiaddr not in (ip, "0.0.0.0")
+
+
+@pytest.mark.parametrize("kw", [{"arch": 0}, {"user_class": b"iPXE"}, {}],
+                         ids=["firmware", "ipxe", "an os's client"])
+def test_each_lease_reply_asks_the_boot_chain_once(kw: dict[str, Any]) -> None:
+    h = Harness()
+    choose, asked = h.policy.boot.choose, []
+
+    def counted(msg: Any, machine: Any) -> Any:
+        asked.append(machine)
+        return choose(msg, machine)
+
+    h.policy.boot.choose = counted  # type: ignore[method-assign]
+    h.bound(**kw)  # an OFFER, then an ACK
+    assert len(asked) == 2
+    # iPXE's script depends on the machine, so it is chosen with the store's grant.
+    assert all((m is not None) == ("user_class" in kw) for m in asked)
 
 
 def test_an_ipxe_client_s_events_say_ipxe() -> None:
@@ -419,7 +491,7 @@ def test_every_reply_fits_the_clients_maximum(giaddr: str, max_size: int | None)
     576 bytes without it), and keeps the message type, server, lease and
     boot file."""
     h = Harness(domain=("d" * 62 + ".") * 3 + "example")
-    h.store.machines[MAC] = MachineRecord(mac=MAC, name="n" * 63)
+    h.store.machine(MAC, name="n" * 63)
     extra = {c.OPT_RELAY_AGENT: b"\x01\xfd" + b"c" * 253}
     if max_size is not None:
         extra[c.OPT_MAX_MESSAGE_SIZE] = struct.pack("!H", max_size)
@@ -440,7 +512,7 @@ def test_every_reply_fits_the_clients_maximum(giaddr: str, max_size: int | None)
 
 
 def test_an_option_82_too_long_to_echo_is_refused_as_malformed() -> None:
-    from astralboot.services.dhcpd.events import read_client_message
+    from astralboot.services.dhcpd.client_messages import read_client_message
     from astralboot.services.dhcpd.packet import encode
     from astralboot.services.dhcpd.reader import MalformedPacket
     from dhcptest import client_packet
@@ -463,8 +535,7 @@ def test_host_names_are_clamped_and_cleaned_before_the_store_sees_them() -> None
 
 def test_a_decline_the_store_refuses_is_counted_and_logged_once_a_minute(
         caplog: pytest.LogCaptureFixture) -> None:
-    h = Harness()
-    h.store.fail["lease.decline"] = "conflict"
+    h = Harness()  # 192.0.2.150 was never offered to the client: not its to decline
     with caplog.at_level("INFO"):
         for _ in range(50):
             h.send(c.DHCPDECLINE, server_id=SERVER, requested="192.0.2.150")

@@ -50,7 +50,7 @@ from astralboot.common.messages import (
 )
 from astralboot.services.dhcpd import constants as c
 from astralboot.services.dhcpd.bootchain import BinaryCatalogue, BootChain
-from astralboot.services.dhcpd.events import ClientMessage, Discover, read_client_message
+from astralboot.services.dhcpd.client_messages import ClientMessage, Discover, read_client_message
 from astralboot.services.dhcpd.packet import decode as decode_dhcp
 from astralboot.services.dhcpd.packet import encode as encode_dhcp
 from astralboot.services.dhcpd.policy import BROADCAST, Arrival, DhcpPolicy
@@ -59,7 +59,7 @@ from astralboot.services.dhcpd.reader import MalformedPacket
 from astralboot.services.dhcpd.reply import Outgoing
 from astralboot.services.tftpd import packets as tftp
 
-# The dhcpd tests' helpers (fake store, config, captures) live in their folder.
+# The dhcpd tests' helpers (store stand-in, config, captures) live in their folder.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dhcpd"))
 from dhcp_captures import (
     DHCLIENT_DISCOVER,
@@ -71,7 +71,7 @@ from dhcptest import (
     RELAY,
     RELAYED_NET,
     SERVER,
-    FakeStore,
+    InProcessStore,
     client_packet,
     make_config,
 )
@@ -88,7 +88,7 @@ PXE = Arrival(port=c.PXE_PORT, broadcast=False, source=(CLIENT_IP, c.PXE_PORT))
 # --- DHCP: the server's decoder, then both policies --------------------------
 
 class DhcpPolicies:
-    """The authoritative and the proxy policy, each over a fake store.
+    """The authoritative and the proxy policy, each over the store's own decisions.
 
     Every input is answered twice from a fresh store: once by a server that
     has never seen the client, and once by one that knows the machine (with
@@ -99,8 +99,7 @@ class DhcpPolicies:
     """
 
     def __init__(self) -> None:
-        # A small pool: every input starts from an empty store, and the fake
-        # lists the whole pool on each offer.
+        # A small pool: every input starts from an empty store.
         self.config = make_config(range=POOL, subnet=[{"network": RELAYED_NET,
                                                        "range": RELAYED_POOL}])
         self.proxy_config = make_config(proxy=True)
@@ -119,7 +118,7 @@ class DhcpPolicies:
         replies: list[tuple[ClientMessage, Outgoing | None]] = []
         calls: list[BusRequest] = []
         for known in (False, True):
-            store = FakeStore(self.config)
+            store = InProcessStore(self.config)
             dhcp = DhcpPolicy(config=self.config, store=store,
                               boot=BootChain(self.config.http.public_url,
                                              BinaryCatalogue(present={"snponly.efi": True})),

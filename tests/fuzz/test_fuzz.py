@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from astralboot.common.bus.frames import REPLY_LIMITS, unpack
-from astralboot.services.dhcpd.events import read_client_message
+from astralboot.services.dhcpd.client_messages import read_client_message
 from astralboot.services.tftpd.packets import decode as decode_tftp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

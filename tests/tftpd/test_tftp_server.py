@@ -31,7 +31,7 @@ from astralboot.services.tftpd.memory import MemoryBudget
 from astralboot.services.tftpd.netascii import NetasciiCache
 from astralboot.services.tftpd.options import Limits
 from astralboot.services.tftpd.policy import ReadService
-from astralboot.services.tftpd.server import Reporter, Session, TftpServer, _bind_error
+from astralboot.services.tftpd.server import Reporter, Session, TftpServer, bind_error
 from astralboot.services.tftpd.packets import (Ack, Data, Error, Mode, OptionAck, ReadRequest,
                                                to_netascii)
 
@@ -322,7 +322,7 @@ def test_an_address_not_on_this_host_is_a_clear_startup_error(fake_content: Any)
     (errno.EADDRNOTAVAIL, "192.0.2.1 is not an address of this host"),
 ])
 def test_bind_failures_say_why(err: int, reason: str) -> None:
-    exc = _bind_error(OSError(err, os.strerror(err)), "192.0.2.1", 69)
+    exc = bind_error(OSError(err, os.strerror(err)), "192.0.2.1", 69)
     assert reason in exc.reason
 
 

@@ -10,7 +10,6 @@ well-formed message type this server does not serve).
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 from .constants import (
@@ -42,11 +41,10 @@ from .constants import (
 )
 from astralboot.common.names import clean_hostname
 
-from .options import Options, u16, user_classes
-from .packet import Packet, parse
+from .addresses import ip_text
+from .options import u16, user_classes
+from .packet import parse
 from .reader import MalformedPacket
-
-_ntoa = socket.inet_ntoa
 
 
 class UnsupportedMessage(MalformedPacket):
@@ -129,36 +127,24 @@ _CLASSES: dict[int, type[ClientMessage]] = {
 }
 
 
-def _hostname(value: bytes | None) -> str | None:
+def _hostname(value: bytes) -> str | None:
     """Option 12 as a safe host name: any bytes in, letters, digits, dots and
     hyphens out, at most 253 (the store's column is 255)."""
-    if value is None:
-        return None
     return clean_hostname(value[:1024].rstrip(b"\0").decode("ascii", "replace"))
-
-
-def from_packet(packet: Packet) -> ClientMessage:
-    """Interpret a decoded packet as a client message."""
-    return _message(packet.op, packet.htype, packet.chaddr, packet.hops, packet.xid,
-                    packet.flags, packet.ciaddr, packet.giaddr, packet.options)
 
 
 def read_client_message(data: bytes) -> ClientMessage:
     """Bytes received on the server port to a typed client message.
 
-    The server's hot path: the same checks as ``from_packet(decode(data))``
-    without building the intermediate :class:`Packet`.
+    The same :func:`~.packet.parse` as :func:`~.packet.decode`, then the
+    header and options straight into the message, without building the
+    intermediate :class:`~.packet.Packet`: this is the server's hot path.
     """
-    header, options, _ = parse(data)
-    return _message(header[0], header[1], header[11][:header[2]], header[3], header[4],
-                    header[6], _ntoa(header[7]), _ntoa(header[10]), options)
-
-
-def _message(op: int, htype: int, chaddr: bytes, hops: int, xid: int, flags: int, ciaddr: str,
-             giaddr: str, opts: Options) -> ClientMessage:
-    if op != BOOTREQUEST:
+    header, opts, _ = parse(data)
+    if header.op != BOOTREQUEST:
         raise MalformedPacket("BOOTREPLY sent to the server port")
-    mtype = opts.get(OPT_MESSAGE_TYPE)
+    get = opts.get
+    mtype = get(OPT_MESSAGE_TYPE)
     if mtype is None:
         raise MalformedPacket("no DHCP message type (plain BOOTP is not served)")
     cls = _CLASSES.get(mtype[0])
@@ -167,30 +153,33 @@ def _message(op: int, htype: int, chaddr: bytes, hops: int, xid: int, flags: int
         if name is not None:
             raise MalformedPacket(f"DHCP{name} sent to the server port")
         raise UnsupportedMessage(f"DHCP message type {mtype[0]} is not served")
+    chaddr = header.hardware_address
     if not chaddr:
         raise MalformedPacket("no hardware address (hlen 0)")
-    requested = opts.get(OPT_REQUESTED_IP)
-    server_id = opts.get(OPT_SERVER_ID)
-    max_size = opts.get(OPT_MAX_MESSAGE_SIZE)
-    arch = opts.get(OPT_CLIENT_ARCH)
-    user_class = opts.get(OPT_USER_CLASS)
+    requested = get(OPT_REQUESTED_IP)
+    server_id = get(OPT_SERVER_ID)
+    max_size = get(OPT_MAX_MESSAGE_SIZE)
+    arch = get(OPT_CLIENT_ARCH)
+    user_class = get(OPT_USER_CLASS)
+    hostname = get(OPT_HOST_NAME)
     msg = cls(
-        xid=xid, mac=chaddr.hex(":"), chaddr=chaddr, htype=htype, flags=flags, hops=hops,
-        ciaddr=ciaddr, giaddr=giaddr,
-        client_id=opts.get(OPT_CLIENT_ID),
-        hostname=_hostname(opts.get(OPT_HOST_NAME)),
-        parameters=opts.get(OPT_PARAMETER_LIST),
+        xid=header.xid, mac=chaddr.hex(":"), chaddr=chaddr, htype=header.htype,
+        flags=header.flags, hops=header.hops, ciaddr=ip_text(header.ciaddr),
+        giaddr=ip_text(header.giaddr),
+        client_id=get(OPT_CLIENT_ID),
+        hostname=_hostname(hostname) if hostname is not None else None,
+        parameters=get(OPT_PARAMETER_LIST),
         max_size=(min(max(u16(max_size), DEFAULT_MAX_MESSAGE), MAX_MESSAGE + IP_UDP_OVERHEAD)
                   - IP_UDP_OVERHEAD) if max_size is not None
         else DEFAULT_MAX_MESSAGE - IP_UDP_OVERHEAD,
         arch=u16(arch[:2]) if arch is not None else None,
-        vendor_class=opts.get(OPT_VENDOR_CLASS, b""),
+        vendor_class=get(OPT_VENDOR_CLASS, b""),
         user_classes=user_classes(user_class) if user_class is not None else (),
         ipxe_options=OPT_IPXE in opts,
-        uuid=opts.get(OPT_CLIENT_UUID),
-        relay_info=opts.get(OPT_RELAY_AGENT),
-        requested_ip=_ntoa(requested) if requested is not None else None,
-        server_id=_ntoa(server_id) if server_id is not None else None,
+        uuid=get(OPT_CLIENT_UUID),
+        relay_info=get(OPT_RELAY_AGENT),
+        requested_ip=ip_text(requested) if requested is not None else None,
+        server_id=ip_text(server_id) if server_id is not None else None,
     )
     if cls is Decline and (msg.requested_ip is None or msg.server_id is None):
         raise MalformedPacket("DHCPDECLINE without requested address or server identifier")
