@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MAPPINGS_KEPT = 32  # recently used large files whose mapping is kept open
 
 
-class ContentError(AstralBootError):
+class FileError(AstralBootError):
     """A file cannot be served; ``code`` is the store's error code."""
 
     def __init__(self, code: ErrorCode, detail: str) -> None:
@@ -52,7 +52,7 @@ class Blob:
 
 class ContentSource(Protocol):
     async def open(self, path: str) -> Blob:
-        """The file at ``path`` (e.g. ``tftp/ipxe.efi``), or :class:`ContentError`."""
+        """The file at ``path`` (e.g. ``tftp/ipxe.efi``), or :class:`FileError`."""
 
 
 class DigestCacheLike(Protocol):
@@ -65,7 +65,7 @@ Fetch = Callable[[AsyncBusClient, DigestCacheLike, ContentEntry], Awaitable[Path
 def _read_verified(path: Path, digest: str, size: int) -> bytes:
     data = path.read_bytes()
     if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
-        raise ContentError(ErrorCode.UNAVAILABLE, f"cache file {path.name} failed its check")
+        raise FileError(ErrorCode.UNAVAILABLE, f"cache file {path.name} failed its check")
     return data
 
 
@@ -74,7 +74,7 @@ def _map(path: Path, size: int) -> mmap.mmap:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if len(mapped) != size:
         mapped.close()
-        raise ContentError(ErrorCode.UNAVAILABLE, f"cache file {path.name} has the wrong size")
+        raise FileError(ErrorCode.UNAVAILABLE, f"cache file {path.name} has the wrong size")
     mapped.madvise(mmap.MADV_SEQUENTIAL)
     return mapped
 
@@ -142,16 +142,16 @@ class StoreContent:
         try:
             reply = await self._bus.request(ContentStat(path=path), deadline=self._deadline)
         except BusError as exc:
-            raise ContentError(ErrorCode.UNAVAILABLE, f"the store did not answer: {exc}") from None
+            raise FileError(ErrorCode.UNAVAILABLE, f"the store did not answer: {exc}") from None
         if isinstance(reply, ErrorReply):
-            raise ContentError(reply.error_code, reply.detail or reply.code)
+            raise FileError(reply.error_code, reply.detail or reply.code)
         if not isinstance(reply, ContentStatReply):
-            raise ContentError(ErrorCode.INTERNAL, f"the store answered {reply.kind} to a stat")
+            raise FileError(ErrorCode.INTERNAL, f"the store answered {reply.kind} to a stat")
         entry = reply.entry
         if entry.is_dir:
-            raise ContentError(ErrorCode.NOT_FOUND, f"{path} is a folder")
+            raise FileError(ErrorCode.NOT_FOUND, f"{path} is a folder")
         if not entry.digest:
-            raise ContentError(ErrorCode.INTERNAL, f"the store gave no digest for {path}")
+            raise FileError(ErrorCode.INTERNAL, f"the store gave no digest for {path}")
         return entry
 
     async def _load(self, entry: ContentEntry) -> Blob:
@@ -167,10 +167,10 @@ class StoreContent:
                 self._remember(digest, data)
                 return Blob(digest, size, data)
             mapped = await asyncio.to_thread(_map, file, size)
-        except ContentError:
+        except FileError:
             raise
         except (AstralBootError, OSError, ValueError) as exc:
-            raise ContentError(ErrorCode.UNAVAILABLE,
+            raise FileError(ErrorCode.UNAVAILABLE,
                                f"cannot get {entry.path} into the cache: {exc}") from None
         self._mapped[digest] = mapped
         while len(self._mapped) > MAPPINGS_KEPT:

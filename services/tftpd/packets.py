@@ -29,7 +29,7 @@ class Opcode(enum.IntEnum):
     OACK = 6
 
 
-class ErrorCode(enum.IntEnum):
+class TftpCode(enum.IntEnum):
     """The error codes of RFC 1350, plus 8 from RFC 2347."""
 
     NOT_DEFINED = 0
@@ -56,7 +56,7 @@ class TftpProtocolError(RemoteProtocolError):
     deserves no answer (too short to be anything, or itself an ERROR).
     """
 
-    def __init__(self, reason: str, answer: ErrorCode | None = ErrorCode.ILLEGAL_OPERATION) -> None:
+    def __init__(self, reason: str, answer: TftpCode | None = TftpCode.ILLEGAL_OPERATION) -> None:
         self.reason = reason
         self.answer = answer
         super().__init__(reason)
@@ -160,7 +160,7 @@ def _mode(raw: bytes, following: list[bytes]) -> Mode:
     # one field later. That is an attack on the name, answered as such.
     if any(f.decode("latin-1").lower() in Mode._value2member_map_ for f in following):
         raise TftpProtocolError("file name contains a NUL byte",
-                                answer=ErrorCode.ACCESS_VIOLATION) from None
+                                answer=TftpCode.ACCESS_VIOLATION) from None
     raise TftpProtocolError(f"unknown transfer mode {name[:32]!r}") from None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .packets import Error, ErrorCode
+from .packets import Error, TftpCode
 
 ROOT = "tftp"
 MAX_NAME = 255  # bytes, as sent
@@ -21,19 +21,19 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def store_path(name: bytes) -> str | Error:
     """``tftp/<clean relative path>``, or the ERROR that refuses the name."""
     if len(name) > MAX_NAME:
-        return Error(ErrorCode.ACCESS_VIOLATION, f"file name longer than {MAX_NAME} bytes")
+        return Error(TftpCode.ACCESS_VIOLATION, f"file name longer than {MAX_NAME} bytes")
     try:
         text = name.decode("utf-8")
     except UnicodeDecodeError:
-        return Error(ErrorCode.ACCESS_VIOLATION, "file name is not UTF-8")
+        return Error(TftpCode.ACCESS_VIOLATION, "file name is not UTF-8")
     if _CONTROL.search(text):
-        return Error(ErrorCode.ACCESS_VIOLATION, "file name contains control characters")
+        return Error(TftpCode.ACCESS_VIOLATION, "file name contains control characters")
     text = text.replace("\\", "/")
     if _DRIVE.match(text):
-        return Error(ErrorCode.ACCESS_VIOLATION, "absolute file names are not served")
+        return Error(TftpCode.ACCESS_VIOLATION, "absolute file names are not served")
     parts = [p for p in text.split("/") if p not in ("", ".")]  # a leading slash is ignored
     if ".." in parts:
-        return Error(ErrorCode.ACCESS_VIOLATION, "file name leaves the served folder")
+        return Error(TftpCode.ACCESS_VIOLATION, "file name leaves the served folder")
     if not parts:
-        return Error(ErrorCode.FILE_NOT_FOUND, "no file name")
+        return Error(TftpCode.FILE_NOT_FOUND, "no file name")
     return "/".join((ROOT, *parts))

@@ -15,18 +15,18 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Generic, Iterator, Protocol, TypeVar
 
-from astralboot.common.errors import ErrorCode as StoreCode
+from astralboot.common.errors import ErrorCode
 
-from .files import ContentError, ContentSource
+from .files import FileError, ContentSource
 from .netascii import NetasciiCache, NoRoom, Text
 from .options import Limits, negotiate
-from .packets import (Ack, Data, Error, ErrorCode, Mode, OptionAck, Packet, ReadRequest,
+from .packets import (Ack, Data, Error, TftpCode, Mode, OptionAck, Packet, ReadRequest,
                       WriteRequest, encode_error)
 from .paths import store_path
 from .transfer import Address, Transfer
 
-READ_ONLY = encode_error(ErrorCode.ACCESS_VIOLATION, "this server is read-only")
-UNKNOWN_TID = encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")
+READ_ONLY = encode_error(TftpCode.ACCESS_VIOLATION, "this server is read-only")
+UNKNOWN_TID = encode_error(TftpCode.UNKNOWN_TID, "unknown transfer ID")
 
 # What the listening port answers to packets that start no transfer.
 _STRAY_ANSWERS: dict[type, bytes | None] = {
@@ -38,8 +38,8 @@ _STRAY_ANSWERS: dict[type, bytes | None] = {
 }
 
 _FROM_STORE = {
-    StoreCode.NOT_FOUND: ErrorCode.FILE_NOT_FOUND,
-    StoreCode.BAD_REQUEST: ErrorCode.ACCESS_VIOLATION,
+    ErrorCode.NOT_FOUND: TftpCode.FILE_NOT_FOUND,
+    ErrorCode.BAD_REQUEST: TftpCode.ACCESS_VIOLATION,
 }
 
 
@@ -48,11 +48,11 @@ def stray_answer(packet: Packet) -> bytes | None:
     return _STRAY_ANSWERS.get(type(packet))
 
 
-def refusal_for(exc: ContentError) -> Error:
-    code = _FROM_STORE.get(exc.code, ErrorCode.NOT_DEFINED)
-    if code is ErrorCode.FILE_NOT_FOUND:
+def refusal_for(exc: FileError) -> Error:
+    code = _FROM_STORE.get(exc.code, TftpCode.NOT_DEFINED)
+    if code is TftpCode.FILE_NOT_FOUND:
         return Error(code, "file not found")
-    if code is ErrorCode.ACCESS_VIOLATION:
+    if code is TftpCode.ACCESS_VIOLATION:
         return Error(code, f"access violation: {exc.detail}"[:200])
     return Error(code, f"content unavailable: {exc.detail}"[:200])
 
@@ -85,13 +85,13 @@ class ReadService:
 
     async def open(self, request: ReadRequest, peer: Address) -> Transfer | Error | NoMemory:
         if request.mode is Mode.MAIL:
-            return Error(ErrorCode.ILLEGAL_OPERATION, "mail mode is not supported")
+            return Error(TftpCode.ILLEGAL_OPERATION, "mail mode is not supported")
         path = store_path(request.filename)
         if isinstance(path, Error):
             return path
         try:
             blob = await self.content.open(path)
-        except ContentError as exc:
+        except FileError as exc:
             return refusal_for(exc)
         data: Text = blob.data
         if request.mode is Mode.NETASCII:
@@ -100,7 +100,7 @@ class ReadService:
             except NoRoom as exc:
                 if exc.for_now:
                     return NoMemory(exc.needed, exc.available)
-                return Error(ErrorCode.NOT_DEFINED,
+                return Error(TftpCode.NOT_DEFINED,
                              f"file too large for netascii ({exc.needed} bytes, over tftpd's "
                              f"memory_max); use octet")
         negotiated = negotiate(request.options, len(data), self.limits)

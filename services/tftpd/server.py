@@ -26,17 +26,16 @@ from typing import Callable
 from astralboot.common import netif
 from astralboot.common.bus.events import TFTP_FAILED, TFTP_SENT
 from astralboot.common.config import Config, TftpConfig
-from astralboot.common.errors import AstralBootError, StartupError
+from astralboot.common.errors import StartupError
 from astralboot.common.frontend import FrontEnd, settle_heap
 from astralboot.common.frontend import run as run_frontend
 from astralboot.common.logs import SenderLimit
-from astralboot.common.messages import LeaseLookup, LeaseReply
 
 from .files import StoreContent
 from .memory import MemoryBudget
 from .netascii import NetasciiCache
 from .options import Limits
-from .packets import (Error, ErrorCode, ReadRequest, TftpProtocolError, WriteRequest, ack_block,
+from .packets import (Error, TftpCode, ReadRequest, TftpProtocolError, WriteRequest, ack_block,
                       decode, encode_error)
 from .policy import NoMemory, ReadService, SessionTable, Verdict, stray_answer
 from .transfer import Address, State, Transfer
@@ -48,7 +47,7 @@ RECV_SIZE = 4096  # requests are at most 512 bytes (RFC 2347); ACKs 4
 READ_BATCH = 64  # datagrams read per wake-up before others get a turn
 LISTEN_BUFFER = 4 << 20
 SEND_BUFFER = 1 << 20
-INTERNAL_ERROR = Error(ErrorCode.NOT_DEFINED, "internal server error")
+INTERNAL_ERROR = Error(TftpCode.NOT_DEFINED, "internal server error")
 # Linux values; the socket module does not name them.
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -106,68 +105,6 @@ class Session:
     @property
     def started(self) -> bool:
         return self.transfer is not None and self.transfer.started
-
-
-class Reporter:
-    """Boot events for finished transfers, with the MAC found from the lease.
-
-    TFTP carries no MAC, so after a transfer (never on its hot path) the
-    store is asked whose lease holds the client's address. Lookups are
-    shared and remembered for a minute: a rack booting at once asks once per
-    machine. Events are kept per machine, so an address with no lease (a
-    host with a static address) has no machine to report to: the event is
-    skipped and counted (``events.no_lease``) instead of being sent for the
-    store to drop.
-    """
-
-    TTL = 60.0
-
-    def __init__(self, fe: FrontEnd) -> None:
-        self._fe = fe
-        self._macs: dict[str, tuple[float, asyncio.Future[str]]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._limit = SenderLimit()
-
-    def report(self, stage: str, ip: str, detail: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._report(stage, ip, detail))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _report(self, stage: str, ip: str, detail: str) -> None:
-        mac = await self._mac_of(ip)
-        if not mac:
-            self._fe.stats["events.no_lease"] += 1
-            now = asyncio.get_running_loop().time()
-            self._limit.log(log, logging.INFO, (ip, "no_lease"), now,
-                            "%s for %s not reported: no lease holds that address", stage, ip)
-            return
-        self._fe.report(stage, mac, ip, detail)
-
-    async def _mac_of(self, ip: str) -> str:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        known = self._macs.get(ip)
-        if known is None or known[0] < now:
-            if len(self._macs) > 4096:
-                self._macs = {k: v for k, v in self._macs.items() if v[0] >= now}
-            known = (now + self.TTL, loop.create_task(self._lookup(ip)))
-            self._macs[ip] = known
-        try:
-            return await asyncio.shield(known[1])
-        except AstralBootError as exc:
-            if self._macs.get(ip) is known:
-                del self._macs[ip]  # a failure is not remembered
-            self._limit.log(log, logging.WARNING, (ip, "lookup"), loop.time(),
-                            "cannot look up the lease of %s: %s", ip, exc)
-            return ""
-
-    async def _lookup(self, ip: str) -> str:
-        reply = await self._fe.bus.request(LeaseLookup(ip=ip))
-        return reply.lease.mac if isinstance(reply, LeaseReply) else ""
-
-    def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
 
 
 class TftpServer:
@@ -353,7 +290,7 @@ class TftpServer:
                 session.sock = self._transfer_socket()
             except OSError as exc:
                 self._note(logging.WARNING, "socket", peer, "no socket: %s", exc)
-                self._refuse(session, Error(ErrorCode.NOT_DEFINED, "server busy"))
+                self._refuse(session, Error(TftpCode.NOT_DEFINED, "server busy"))
                 return
             assert self._loop is not None
             self._loop.add_reader(session.sock.fileno(), self._on_session, session)
@@ -367,10 +304,10 @@ class TftpServer:
     def _refuse(self, session: Session, error: Error) -> None:
         peer = session.peer
         self.sessions.remove(peer, session)
-        self.stats[f"refused.{ErrorCode(error.code).name.lower()}"] += 1
+        self.stats[f"refused.{TftpCode(error.code).name.lower()}"] += 1
         self._note(logging.INFO, "refused", peer, "%s refused: %s", session.name, error.message)
         self._send_listener(encode_error(error.code, error.message), peer)
-        if error.code == ErrorCode.NOT_DEFINED:
+        if error.code == TftpCode.NOT_DEFINED:
             self._report(TFTP_FAILED, peer[0], f"{session.name}: {error.message}")
 
     def _transfer_socket(self) -> socket.socket:
@@ -454,7 +391,7 @@ class TftpServer:
             self._report(TFTP_SENT, peer[0], f"{session.name} {transfer.size} bytes")
         elif state is State.ABORTED:
             error = transfer.peer_error
-            probe = error is not None and error.code == ErrorCode.OPTION_REFUSED
+            probe = error is not None and error.code == TftpCode.OPTION_REFUSED
             self.stats["transfers.probes" if probe else "transfers.aborted"] += 1
             self._note(logging.INFO, "aborted", peer, "%s ended by the client: %s",
                        session.name, error.message if error else "")
@@ -500,9 +437,14 @@ async def main(fe: FrontEnd) -> None:
                            budget=budget)
     service = ReadService(content, limits_for(config), retries=config.tftp.retries,
                           netascii=netascii)
-    reporter = Reporter(fe)
+
+    def report(stage: str, ip: str, detail: str) -> None:
+        # TFTP carries no MAC: the event names the client's address and the
+        # store, which holds the leases, attributes it (no lookup here).
+        fe.report(stage, None, ip, detail)
+
     server = TftpServer(config.tftp, str(config.address), service, stats=fe.stats,
-                        report=reporter.report)
+                        report=report)
     server.open()
     fe.bound(config.store.cache)  # port 69 is open; the cache is written on other hosts
     fe.extra_details = lambda: {**server.details(), "memory_cache": content.memory_bytes,
@@ -511,10 +453,7 @@ async def main(fe: FrontEnd) -> None:
                                 "memory_used": budget.used, "memory_max": budget.limit}
     settle_heap()
     fe.ready = True
-    try:
-        await server.serve()
-    finally:
-        reporter.close()
+    await server.serve()
 
 
 def run(config: Config) -> int:

@@ -21,7 +21,7 @@ import enum
 from typing import Callable
 
 from .options import Negotiated
-from .packets import (MAX_BLOCK, Ack, Error, ErrorCode, OptionAck, Packet, TftpProtocolError,
+from .packets import (MAX_BLOCK, Ack, Error, TftpCode, OptionAck, Packet, TftpProtocolError,
                       ack_block, data_packet, decode, encode, encode_error)
 
 Address = tuple[str, int]
@@ -29,8 +29,8 @@ Datagram = tuple[bytes, Address]
 
 BACKOFF_CAP = 4  # the retransmission interval doubles up to this many times the base
 
-UNKNOWN_TID = encode_error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")
-TIMED_OUT = encode_error(ErrorCode.NOT_DEFINED, "transfer timed out")
+UNKNOWN_TID = encode_error(TftpCode.UNKNOWN_TID, "unknown transfer ID")
+TIMED_OUT = encode_error(TftpCode.NOT_DEFINED, "transfer timed out")
 
 
 class State(enum.Enum):

@@ -14,7 +14,7 @@ import pytest
 
 from astralboot.common.config.model import TftpConfig
 from astralboot.common.errors import ErrorCode
-from astralboot.services.tftpd.files import Blob, ContentError
+from astralboot.services.tftpd.files import Blob, FileError
 from astralboot.services.tftpd.memory import MemoryBudget
 from astralboot.services.tftpd.netascii import NetasciiCache
 from astralboot.services.tftpd.options import Limits
@@ -29,7 +29,7 @@ class FakeContent:
 
     def __init__(self, files: dict[str, bytes] | None = None) -> None:
         self.files = dict(files or {})
-        self.errors: dict[str, ContentError] = {}
+        self.errors: dict[str, FileError] = {}
         self.calls: list[str] = []
         self.delay = 0.0
 
@@ -41,7 +41,7 @@ class FakeContent:
             raise self.errors[path]
         data = self.files.get(path)
         if data is None:
-            raise ContentError(ErrorCode.NOT_FOUND, f"{path} not found")
+            raise FileError(ErrorCode.NOT_FOUND, f"{path} not found")
         return Blob(hashlib.sha256(data).hexdigest(), len(data), data)
 
 

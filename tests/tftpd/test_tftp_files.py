@@ -17,7 +17,7 @@ import pytest
 from astralboot.common.errors import BusTimeout, ErrorCode
 from astralboot.common.messages import (ContentEntry, ContentStat, ContentStatReply, ErrorReply,
                                         HealthReply)
-from astralboot.services.tftpd.files import ContentError, StoreContent
+from astralboot.services.tftpd.files import FileError, StoreContent
 from astralboot.services.tftpd.memory import MemoryBudget
 from astralboot.services.tftpd.netascii import NetasciiCache
 
@@ -155,7 +155,7 @@ def test_missing_from_the_cache_is_fetched_once(parts: Any) -> None:
 def test_store_answers_become_content_errors(parts: Any, reply: Any, code: ErrorCode) -> None:
     bus, _, _ = parts
     bus.replies["tftp/x"] = reply
-    with pytest.raises(ContentError) as info:
+    with pytest.raises(FileError) as info:
         asyncio.run(store(parts).open("tftp/x"))
     assert info.value.code is code
 
@@ -165,7 +165,7 @@ def test_a_corrupt_cache_file_is_not_served(parts: Any) -> None:
     data = b"good" * 10
     bus.add("tftp/f", data)
     (cache.root / digest(data)).write_bytes(b"evil" * 10)
-    with pytest.raises(ContentError) as info:
+    with pytest.raises(FileError) as info:
         asyncio.run(store(parts).open("tftp/f"))
     assert info.value.code is ErrorCode.UNAVAILABLE
 
@@ -177,7 +177,7 @@ def test_a_failing_fetch_is_unavailable(parts: Any) -> None:
     async def fetch(b: Any, c: Any, e: ContentEntry) -> Path:
         raise BusTimeout("tcp://store:5555", "content.read", 3.0, 3)
 
-    with pytest.raises(ContentError) as info:
+    with pytest.raises(FileError) as info:
         asyncio.run(store(parts, fetch=fetch).open("tftp/f"))
     assert info.value.code is ErrorCode.UNAVAILABLE
     assert "content.read" in info.value.detail

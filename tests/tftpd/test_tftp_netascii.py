@@ -20,7 +20,7 @@ from astralboot.services.tftpd.files import Blob
 from astralboot.services.tftpd.memory import MemoryBudget
 from astralboot.services.tftpd.netascii import NetasciiCache, NoRoom, convert, netascii_size
 from astralboot.services.tftpd.options import Limits, negotiate
-from astralboot.services.tftpd.packets import (Data, Error, ErrorCode, Mode, OptionAck,
+from astralboot.services.tftpd.packets import (Data, Error, TftpCode, Mode, OptionAck,
                                                ReadRequest, decode, to_netascii)
 from astralboot.services.tftpd.policy import NoMemory, ReadService
 from astralboot.services.tftpd.transfer import Transfer
@@ -223,7 +223,7 @@ def test_the_service_answers_no_room_with_silence_or_an_error(fake_content: Any)
         octet = await service.open(rrq(b"b.txt", Mode.OCTET), PEER)
         assert isinstance(octet, Transfer)  # octet needs no copy
         too_big = await service.open(rrq(b"big.txt"), PEER)
-        assert isinstance(too_big, Error) and too_big.code == ErrorCode.NOT_DEFINED
+        assert isinstance(too_big, Error) and too_big.code == TftpCode.NOT_DEFINED
         assert "use octet" in too_big.message
 
     asyncio.run(go())

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from astralboot.services.tftpd.packets import (Ack, Data, Error, ErrorCode, Mode, OptionAck,
+from astralboot.services.tftpd.packets import (Ack, Data, Error, TftpCode, Mode, OptionAck,
                                                ReadRequest, TftpProtocolError, WriteRequest,
                                                data_packet, decode, encode, to_netascii)
 
@@ -86,17 +86,17 @@ def test_option_without_value_is_dropped() -> None:
 @pytest.mark.parametrize("wire,answer", [
     ("", None),  # empty datagram
     ("00", None),  # half an opcode
-    ("0009 0000", ErrorCode.ILLEGAL_OPERATION),  # unknown opcode
-    ("0001 61", ErrorCode.ILLEGAL_OPERATION),  # name without NUL
-    ("0001 61 00", ErrorCode.ILLEGAL_OPERATION),  # no mode
-    ("0001 61 00 6f6374", ErrorCode.ILLEGAL_OPERATION),  # mode without NUL
-    ("0001 61 00 62696e617279 00", ErrorCode.ILLEGAL_OPERATION),  # mode "binary"
+    ("0009 0000", TftpCode.ILLEGAL_OPERATION),  # unknown opcode
+    ("0001 61", TftpCode.ILLEGAL_OPERATION),  # name without NUL
+    ("0001 61 00", TftpCode.ILLEGAL_OPERATION),  # no mode
+    ("0001 61 00 6f6374", TftpCode.ILLEGAL_OPERATION),  # mode without NUL
+    ("0001 61 00 62696e617279 00", TftpCode.ILLEGAL_OPERATION),  # mode "binary"
     ("0004 00", None),  # ACK with half a block number
     ("0005", None),  # ERROR without code: never answered
     ("0001 61 00 2e2e2f6574632f706173737764 00 6f63746574 00",  # "a\0../etc/passwd\0octet"
-     ErrorCode.ACCESS_VIOLATION),
+     TftpCode.ACCESS_VIOLATION),
 ])
-def test_malformed_datagrams(wire: str, answer: ErrorCode | None) -> None:
+def test_malformed_datagrams(wire: str, answer: TftpCode | None) -> None:
     with pytest.raises(TftpProtocolError) as info:
         decode(_bytes(wire))
     assert info.value.answer == answer

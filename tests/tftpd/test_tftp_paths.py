@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from astralboot.services.tftpd.packets import Error, ErrorCode
+from astralboot.services.tftpd.packets import Error, TftpCode
 from astralboot.services.tftpd.paths import MAX_NAME, store_path
 
 
@@ -25,24 +25,24 @@ def test_names_inside_the_root(name: bytes, path: str) -> None:
 
 
 @pytest.mark.parametrize("name,code", [
-    (b"..", ErrorCode.ACCESS_VIOLATION),
-    (b"../etc/passwd", ErrorCode.ACCESS_VIOLATION),
-    (b"/../../etc/passwd", ErrorCode.ACCESS_VIOLATION),
-    (b"a/../../b", ErrorCode.ACCESS_VIOLATION),
-    (b"a/..", ErrorCode.ACCESS_VIOLATION),
-    (b"..\\..\\windows\\win.ini", ErrorCode.ACCESS_VIOLATION),
-    (b"C:\\boot.ini", ErrorCode.ACCESS_VIOLATION),
-    (b"c:/x", ErrorCode.ACCESS_VIOLATION),
-    (b"a\x00b", ErrorCode.ACCESS_VIOLATION),
-    (b"a\nb", ErrorCode.ACCESS_VIOLATION),
-    (b"a\x7f", ErrorCode.ACCESS_VIOLATION),
-    (b"\xff\xfe", ErrorCode.ACCESS_VIOLATION),  # not UTF-8
-    (b"a" * (MAX_NAME + 1), ErrorCode.ACCESS_VIOLATION),
-    (b"", ErrorCode.FILE_NOT_FOUND),
-    (b"/", ErrorCode.FILE_NOT_FOUND),
-    (b"./", ErrorCode.FILE_NOT_FOUND),
+    (b"..", TftpCode.ACCESS_VIOLATION),
+    (b"../etc/passwd", TftpCode.ACCESS_VIOLATION),
+    (b"/../../etc/passwd", TftpCode.ACCESS_VIOLATION),
+    (b"a/../../b", TftpCode.ACCESS_VIOLATION),
+    (b"a/..", TftpCode.ACCESS_VIOLATION),
+    (b"..\\..\\windows\\win.ini", TftpCode.ACCESS_VIOLATION),
+    (b"C:\\boot.ini", TftpCode.ACCESS_VIOLATION),
+    (b"c:/x", TftpCode.ACCESS_VIOLATION),
+    (b"a\x00b", TftpCode.ACCESS_VIOLATION),
+    (b"a\nb", TftpCode.ACCESS_VIOLATION),
+    (b"a\x7f", TftpCode.ACCESS_VIOLATION),
+    (b"\xff\xfe", TftpCode.ACCESS_VIOLATION),  # not UTF-8
+    (b"a" * (MAX_NAME + 1), TftpCode.ACCESS_VIOLATION),
+    (b"", TftpCode.FILE_NOT_FOUND),
+    (b"/", TftpCode.FILE_NOT_FOUND),
+    (b"./", TftpCode.FILE_NOT_FOUND),
 ])
-def test_names_refused(name: bytes, code: ErrorCode) -> None:
+def test_names_refused(name: bytes, code: TftpCode) -> None:
     result = store_path(name)
     assert isinstance(result, Error)
     assert result.code == code

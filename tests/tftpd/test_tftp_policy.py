@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from astralboot.common.errors import ErrorCode as StoreCode
-from astralboot.services.tftpd.files import ContentError
+from astralboot.common.errors import ErrorCode
+from astralboot.services.tftpd.files import FileError
 from astralboot.services.tftpd.memory import MemoryBudget
 from astralboot.services.tftpd.netascii import NetasciiCache
 from astralboot.services.tftpd.options import Limits
-from astralboot.services.tftpd.packets import (Ack, Data, Error, ErrorCode, Mode, OptionAck,
+from astralboot.services.tftpd.packets import (Ack, Data, Error, TftpCode, Mode, OptionAck,
                                                ReadRequest, WriteRequest, decode)
 from astralboot.services.tftpd.policy import ReadService, SessionTable, Verdict, stray_answer
 from astralboot.services.tftpd.transfer import State, Transfer
@@ -53,31 +53,31 @@ def test_options_are_negotiated_against_the_file_and_link(fake_content: Any) -> 
 
 
 @pytest.mark.parametrize("code,tftp_code", [
-    (StoreCode.NOT_FOUND, ErrorCode.FILE_NOT_FOUND),
-    (StoreCode.BAD_REQUEST, ErrorCode.ACCESS_VIOLATION),
-    (StoreCode.UNAVAILABLE, ErrorCode.NOT_DEFINED),
-    (StoreCode.INTERNAL, ErrorCode.NOT_DEFINED),
+    (ErrorCode.NOT_FOUND, TftpCode.FILE_NOT_FOUND),
+    (ErrorCode.BAD_REQUEST, TftpCode.ACCESS_VIOLATION),
+    (ErrorCode.UNAVAILABLE, TftpCode.NOT_DEFINED),
+    (ErrorCode.INTERNAL, TftpCode.NOT_DEFINED),
 ])
-def test_store_errors_become_tftp_errors(fake_content: Any, code: StoreCode,
-                                         tftp_code: ErrorCode) -> None:
-    fake_content.errors["tftp/x"] = ContentError(code, "IPFS daemon not answering")
+def test_store_errors_become_tftp_errors(fake_content: Any, code: ErrorCode,
+                                         tftp_code: TftpCode) -> None:
+    fake_content.errors["tftp/x"] = FileError(code, "IPFS daemon not answering")
     result = open_(fake_content, ReadRequest(filename=b"x"))
     assert isinstance(result, Error)
     assert result.code == tftp_code
-    if tftp_code is ErrorCode.NOT_DEFINED:
+    if tftp_code is TftpCode.NOT_DEFINED:
         assert "IPFS daemon not answering" in result.message
 
 
 @pytest.mark.parametrize("name", [b"../x", b"a/../../x", b"C:\\x", b"a" * 300, b"\\..\\x"])
 def test_refused_names_never_reach_the_store(fake_content: Any, name: bytes) -> None:
     result = open_(fake_content, ReadRequest(filename=name))
-    assert isinstance(result, Error) and result.code == ErrorCode.ACCESS_VIOLATION
+    assert isinstance(result, Error) and result.code == TftpCode.ACCESS_VIOLATION
     assert fake_content.calls == []
 
 
 def test_mail_mode_is_refused(fake_content: Any) -> None:
     result = open_(fake_content, ReadRequest(filename=b"x", mode=Mode.MAIL))
-    assert isinstance(result, Error) and result.code == ErrorCode.ILLEGAL_OPERATION
+    assert isinstance(result, Error) and result.code == TftpCode.ILLEGAL_OPERATION
 
 
 def test_netascii_converts_and_tsize_counts_the_converted_bytes(fake_content: Any) -> None:

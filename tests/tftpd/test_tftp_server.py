@@ -7,14 +7,12 @@ UEFI probe, caps, timeouts and start-up errors.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import hashlib
 import logging
 import os
 import socket
 import subprocess
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -22,16 +20,14 @@ from typing import Any, Callable
 import pytest
 from tftp_client import RawClient, stranger, uefi
 
-from astralboot.common.errors import ErrorCode as StoreCode
 from astralboot.common.config.model import TftpConfig
-from astralboot.common.errors import BusTimeout, StartupError
-from astralboot.common.messages import ErrorReply, LeaseLookup, LeaseRecord, LeaseReply
-from astralboot.services.tftpd.files import ContentError
+from astralboot.common.errors import ErrorCode, StartupError
+from astralboot.services.tftpd.files import FileError
 from astralboot.services.tftpd.memory import MemoryBudget
 from astralboot.services.tftpd.netascii import NetasciiCache
 from astralboot.services.tftpd.options import Limits
 from astralboot.services.tftpd.policy import ReadService
-from astralboot.services.tftpd.server import Reporter, Session, TftpServer, bind_error
+from astralboot.services.tftpd.server import Session, TftpServer, bind_error
 from astralboot.services.tftpd.packets import (Ack, Data, Error, Mode, OptionAck, ReadRequest,
                                                to_netascii)
 
@@ -242,8 +238,8 @@ def test_junk_and_errors_get_no_answer(loopback_server: Callable[..., Any],
 
 def test_store_unavailable_gives_error_0_with_a_message(
         loopback_server: Callable[..., Any], fake_content: Any) -> None:
-    fake_content.errors["tftp/ipxe.efi"] = ContentError(
-        StoreCode.UNAVAILABLE, "the store did not answer")
+    fake_content.errors["tftp/ipxe.efi"] = FileError(
+        ErrorCode.UNAVAILABLE, "the store did not answer")
     with loopback_server() as srv, RawClient(srv.address) as client:
         client.request("ipxe.efi")
         packet, _ = client.recv()
@@ -331,67 +327,6 @@ def test_file_names_are_logged_printably() -> None:
 
 
 # --- boot events --------------------------------------------------------------------
-
-
-class FakeFrontEnd:
-    """The parts of FrontEnd the reporter uses: a bus, report(), stats."""
-
-    def __init__(self, answers: dict[str, Any]) -> None:
-        self.answers = answers
-        self.lookups: list[str] = []
-        self.reported: list[tuple[str, str, str | None, str]] = []
-        self.stats: Counter[str] = Counter()
-        self.bus = self
-
-    async def request(self, msg: LeaseLookup) -> Any:
-        assert msg.ip is not None
-        self.lookups.append(msg.ip)
-        answer = self.answers[msg.ip]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def report(self, stage: str, mac: str, ip: str | None = None, detail: str = "") -> None:
-        self.reported.append((stage, mac, ip, detail))
-
-
-def lease(ip: str, mac: str) -> LeaseReply:
-    return LeaseReply(lease=LeaseRecord(ip=ip, mac=mac, subnet="192.0.2.0/24", state="bound",
-                                        expires=0.0, lease_time=3600))
-
-
-def test_events_carry_the_mac_of_the_lease_looked_up_once() -> None:
-    fe = FakeFrontEnd({"192.0.2.10": lease("192.0.2.10", "52:54:00:12:34:56"),
-                       "192.0.2.11": ErrorReply(code="not_found", detail="no lease")})
-
-    async def go() -> None:
-        reporter = Reporter(fe)  # type: ignore[arg-type]
-        for _ in range(3):
-            reporter.report("tftp.sent", "192.0.2.10", "ipxe.efi 850528 bytes")
-        reporter.report("tftp.sent", "192.0.2.11", "ipxe.efi 850528 bytes")
-        await asyncio.sleep(0.05)
-
-    asyncio.run(go())
-    assert fe.reported == [("tftp.sent", "52:54:00:12:34:56", "192.0.2.10",
-                            "ipxe.efi 850528 bytes")] * 3
-    assert sorted(fe.lookups) == ["192.0.2.10", "192.0.2.11"]  # shared and remembered
-    assert fe.stats["events.no_lease"] == 1  # nothing for the store to drop
-
-
-def test_a_failed_lookup_is_not_remembered() -> None:
-    fe = FakeFrontEnd({"192.0.2.10": BusTimeout("ipc://x", "lease.lookup", 1.0, 1)})
-
-    async def go() -> None:
-        reporter = Reporter(fe)  # type: ignore[arg-type]
-        reporter.report("tftp.sent", "192.0.2.10", "a 1 bytes")
-        await asyncio.sleep(0.05)
-        fe.answers["192.0.2.10"] = lease("192.0.2.10", "52:54:00:12:34:56")
-        reporter.report("tftp.sent", "192.0.2.10", "a 1 bytes")
-        await asyncio.sleep(0.05)
-
-    asyncio.run(go())
-    assert fe.lookups == ["192.0.2.10", "192.0.2.10"]
-    assert fe.reported == [("tftp.sent", "52:54:00:12:34:56", "192.0.2.10", "a 1 bytes")]
 
 
 # --- memory and the log ---------------------------------------------------------------

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from astralboot.services.tftpd.options import Negotiated
-from astralboot.services.tftpd.packets import (Ack, Data, Error, ErrorCode, OptionAck, decode,
+from astralboot.services.tftpd.packets import (Ack, Data, Error, TftpCode, OptionAck, decode,
                                                encode)
 from astralboot.services.tftpd.transfer import State, Transfer
 
@@ -116,7 +116,7 @@ def test_options_send_the_oack_first_then_data_after_ack_0() -> None:
 def test_error_8_in_answer_to_the_oack_ends_quietly() -> None:
     t = make(content(850_528), oack=(("tsize", "850528"),))
     sent(t, 0.0)
-    t.receive_datagram(encode(Error(ErrorCode.OPTION_REFUSED, "tsize probe")), PEER, 0.01)
+    t.receive_datagram(encode(Error(TftpCode.OPTION_REFUSED, "tsize probe")), PEER, 0.01)
     assert sent(t, 0.01) == []  # an error is never answered
     assert t.state is State.ABORTED
     assert t.done
