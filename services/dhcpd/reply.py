@@ -12,6 +12,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from astralboot.common.errors import AstralBootError
+
 from .constants import (
     BOOTREPLY,
     BROADCAST_IP,
@@ -56,7 +58,7 @@ MESSAGE_TYPE_TLV = {t: tlv(OPT_MESSAGE_TYPE, bytes((t,))) for t in range(1, 9)}
 KEEP_LONGEST = frozenset((OPT_SUBNET_MASK, OPT_ROUTER, OPT_TFTP_SERVER, OPT_BOOTFILE))
 
 
-class ReplyTooLarge(ValueError):
+class ReplyTooLarge(AstralBootError):
     """The options a reply cannot go without do not fit the client's maximum size."""
 
 

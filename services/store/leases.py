@@ -463,8 +463,13 @@ class LeaseBook:
         usable = Usable(self, pool, client, now)
         if mode in ("renew", "rebind"):
             lease = pool.leases.get(address)
-            if lease is None or (lease.state, RENEW) not in TRANSITIONS \
-                    or not client.owns(lease):
+            if lease is None or not client.owns(lease):
+                if lease is not None and lease.held(now):
+                    raise Refusal(ErrorCode.CONFLICT, f"{ip} is held by another client")
+                # No record of this client here: a REBINDING client may be
+                # another server's, so dhcpd stays silent (RFC 2131 4.3.2).
+                raise Refusal(ErrorCode.NOT_FOUND, f"no record of {client} at {ip}")
+            if (lease.state, RENEW) not in TRANSITIONS:
                 raise Refusal(ErrorCode.CONFLICT, f"{ip} is not bound to {client}")
             if not usable(address, True):
                 raise Refusal(ErrorCode.CONFLICT, f"{ip} is reserved for another client")
