@@ -32,11 +32,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable
 
-from .errors import AstralBootError
-from .messages import ContentDataReply, ContentEntry, ContentRead
+from astralboot.common.errors import AstralBootError
+from astralboot.common.messages import ContentDataReply, ContentEntry, ContentRead
 
 if TYPE_CHECKING:
-    from .bus.client import AsyncBusClient, SyncBusClient
+    from astralboot.common.bus.client import AsyncBusClient, SyncBusClient
 
 READ_CHUNK = 1 << 20  # bytes per ContentRead; the store accepts up to MAX_READ
 MAX_READ = 4 << 20

@@ -20,13 +20,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from .bus.client import AsyncBusClient
-from .bus.security import client_curve
-from .bus.events import boot_event
-from .bus.server import ControlEndpoint, serve_forever
-from .config import Config
-from .errors import ConfigError, StartupError
-from .privileges import drop
+from astralboot.common.bus.client import AsyncBusClient
+from astralboot.common.bus.security import client_curve
+from astralboot.common.bus.events import boot_event
+from astralboot.common.bus.server import ControlEndpoint, serve_forever
+from astralboot.common.config import Config
+from astralboot.common.errors import ConfigError, StartupError
+from astralboot.common.privileges import drop
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bus.client import SyncBusClient
-from .bus.security import ClientCurve, local_curve
-from .config import SERVICES, Config
-from .errors import AstralBootError, StartupError
-from .messages import Health, HealthReply
+from astralboot.common.bus.client import SyncBusClient
+from astralboot.common.bus.security import ClientCurve, local_curve
+from astralboot.common.config import SERVICES, Config
+from astralboot.common.errors import AstralBootError, StartupError
+from astralboot.common.messages import Health, HealthReply
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any, Callable, Literal
 
-from .bus.schema import Record, Reply, Request, message, record
-from .errors import ErrorCode
+from astralboot.common.bus.schema import Record, Reply, Request, message, record
+from astralboot.common.errors import ErrorCode
 
 # --- records -----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import string
 import subprocess
 import warnings
 
-from .errors import AstralBootError
+from astralboot.common.errors import AstralBootError
 
 _ALPHABET = string.ascii_letters + string.digits
 

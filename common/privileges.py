@@ -17,8 +17,8 @@ import pwd
 from pathlib import Path
 from typing import Iterable
 
-from .config import Config
-from .errors import StartupError
+from astralboot.common.config import Config
+from astralboot.common.errors import StartupError
 
 log = logging.getLogger(__name__)
 

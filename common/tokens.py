@@ -16,7 +16,7 @@ import re
 import secrets
 from pathlib import Path
 
-from .errors import ConfigError
+from astralboot.common.errors import ConfigError
 
 PREFIX = "abt_"
 TOKEN_FILE = "admin.token"

@@ -34,18 +34,18 @@ from typing import TYPE_CHECKING, TypeVar
 
 import zmq
 
-from ..errors import RemoteError
-from ..messages import ErrorReply
-from .frames import REPLY_LIMITS, pack
-from .pirate import LazyPirate
-from .schema import Reply, Request
+from astralboot.common.errors import RemoteError
+from astralboot.common.messages import ErrorReply
+from astralboot.common.bus.frames import REPLY_LIMITS, pack
+from astralboot.common.bus.pirate import LazyPirate
+from astralboot.common.bus.schema import Reply, Request
 
 DEFAULT_DEADLINE = 3.0
 DEFAULT_RETRIES = 2
 HWM = 100_000
 
 if TYPE_CHECKING:
-    from .security import ClientCurve
+    from astralboot.common.bus.security import ClientCurve
 
 R = TypeVar("R", bound=Reply)
 

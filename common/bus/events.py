@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Iterator
 
 import zmq
 
-from ..errors import BusTimeout, MalformedMessage, RemoteError
-from ..messages import BootEvent, ErrorReply, EventReport, EventSubscribe, SubscribeReply
-from .frames import REPLY_LIMITS, pack, unpack
-from .schema import Message
+from astralboot.common.errors import BusTimeout, MalformedMessage, RemoteError
+from astralboot.common.messages import BootEvent, ErrorReply, EventReport, EventSubscribe, SubscribeReply
+from astralboot.common.bus.frames import REPLY_LIMITS, pack, unpack
+from astralboot.common.bus.schema import Message
 
 if TYPE_CHECKING:
-    from .security import ClientCurve
+    from astralboot.common.bus.security import ClientCurve
 
 # The stages of a boot, in the order a machine goes through them.
 DHCP_OFFER = "dhcp.offer"

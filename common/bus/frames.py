@@ -20,9 +20,9 @@ from typing import Any
 
 import msgpack
 
-from .. import messages  # noqa: F401  (registers every kind)
-from ..errors import MalformedMessage
-from .schema import PROTOCOL_VERSION, REGISTRY, Message, build, to_plain
+from astralboot.common import messages  # noqa: F401  (registers every kind)
+from astralboot.common.errors import MalformedMessage
+from astralboot.common.bus.schema import PROTOCOL_VERSION, REGISTRY, Message, build, to_plain
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,10 +31,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BusTimeout, MalformedMessage
-from ..messages import answers
-from .frames import REPLY_LIMITS, unpack
-from .schema import Reply, Request
+from astralboot.common.errors import BusTimeout, MalformedMessage
+from astralboot.common.messages import answers
+from astralboot.common.bus.frames import REPLY_LIMITS, unpack
+from astralboot.common.bus.schema import Reply, Request
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Callable, ClassVar, Literal
 
-from ..errors import MalformedMessage
+from astralboot.common.errors import MalformedMessage
 
 PROTOCOL_VERSION = 1
 

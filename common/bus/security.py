@@ -35,9 +35,9 @@ from pathlib import Path
 import zmq
 from zmq.utils import z85
 
-from ..config.model import Config
-from ..errors import ConfigError, StartupError
-from ..logs import SenderLimit
+from astralboot.common.config.model import Config
+from astralboot.common.errors import ConfigError, StartupError
+from astralboot.common.logs import SenderLimit
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ raises out of the receive loop.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -21,12 +20,12 @@ from typing import Callable
 import zmq
 import zmq.asyncio
 
-from .. import __version__
-from ..errors import ErrorCode, MalformedMessage, StartupError
-from ..logs import SenderLimit
-from ..messages import ErrorReply, Health, HealthReply
-from .frames import REQUEST_LIMITS, pack, unpack
-from .schema import Reply, Request
+from astralboot.common import __version__
+from astralboot.common.errors import ErrorCode, MalformedMessage, StartupError
+from astralboot.common.logs import SenderLimit
+from astralboot.common.messages import ErrorReply, Health, HealthReply
+from astralboot.common.bus.frames import REQUEST_LIMITS, pack, unpack
+from astralboot.common.bus.schema import Reply, Request
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 import sys
 
-from .main import main
+from astralboot.common.cli.main import main
 
 sys.exit(main())

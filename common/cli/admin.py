@@ -10,17 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from ..bus.client import SyncBusClient
-from ..bus.security import client_curve
-from ..bus.schema import record_to_dict
-from ..config import load, normalise_mac
-from ..config.load import p_name, p_os_name
-from ..errors import ConfigError
-from ..messages import (ImportedLease, ImportReply, LeaseImport, LeaseList, LeaseListReply,
+from astralboot.common.bus.client import SyncBusClient
+from astralboot.common.bus.security import client_curve
+from astralboot.common.bus.schema import record_to_dict
+from astralboot.common.config import load, normalise_mac
+from astralboot.common.config.load import p_name, p_os_name
+from astralboot.common.errors import ConfigError
+from astralboot.common.messages import (ImportedLease, ImportReply, LeaseImport, LeaseList, LeaseListReply,
                         LeaseState, MachineGet, MachineList, MachineListReply, MachineRecord,
                         MachineReply, MachineSet)
-from ..names import printable
-from .options import add_common_options
+from astralboot.common.names import printable
+from astralboot.common.cli.options import add_common_options
 
 
 def _client(args: argparse.Namespace) -> SyncBusClient:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import AstralBootError, RemoteError
+from astralboot.common.errors import AstralBootError, RemoteError
 
 CONTENT_ROOTS = ("bin", "boot", "tftp")  # what the store serves (services/store/sources.py)
 _BOOT_LINE = re.compile(r"^\s*boot\s*=.*$", re.MULTILINE)
@@ -60,7 +60,7 @@ def write_refs(refs_path: Path, cid: str) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from ..config import load
+    from astralboot.common.config import load
 
     config = load(args.config)
     folder = Path(args.data).absolute() if args.data else config.data
@@ -96,10 +96,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_precache(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..bus.client import SyncBusClient
-    from ..bus.security import client_curve
-    from ..config import load
-    from ..messages import ContentEntry, ContentList, ContentListReply, ContentStat
+    from astralboot.common.bus.client import SyncBusClient
+    from astralboot.common.bus.security import client_curve
+    from astralboot.common.config import load
+    from astralboot.common.messages import ContentEntry, ContentList, ContentListReply, ContentStat
 
     config = load(args.config)
     bus = SyncBusClient(config.bus.endpoint, deadline=config.bus.deadline + config.ipfs.timeout,

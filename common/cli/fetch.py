@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import load
+from astralboot.common.config import load
 
 
 def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .images import fetch
+    from astralboot.common.cli.images import fetch
 
     config = load(args.config)
 

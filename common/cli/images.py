@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from ..errors import AstralBootError
+from astralboot.common.errors import AstralBootError
 
 IPXE = Path("/usr/lib/ipxe")
 # loader → the data folders it belongs in (PXE ROMs use TFTP; UEFI HTTP boot uses /bin/)

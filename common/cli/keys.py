@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..bus import security
-from ..config import load
-from .options import add_common_options
+from astralboot.common.bus import security
+from astralboot.common.config import load
+from astralboot.common.cli.options import add_common_options
 
 LOCAL_ROLES = ("dhcpd", "tftpd", "httpd", "admin")
 

@@ -12,9 +12,9 @@ import importlib
 import sys
 from typing import Callable
 
-from .. import __version__
-from ..errors import AstralBootError, BusError, ConfigError, StartupError
-from .options import add_common_options
+from astralboot.common import __version__
+from astralboot.common.errors import AstralBootError, BusError, ConfigError, StartupError
+from astralboot.common.cli.options import add_common_options
 
 EXIT_FAIL = 1
 EXIT_USAGE = 2
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_common_options(p)
         return p
 
-    from . import (admin, content, demo, fetch, keys, setup,  # argument definitions only
+    from astralboot.common.cli import (admin, content, demo, fetch, keys, setup,  # argument definitions only
                    status, supervise, tokens)
     setup.add_init_arguments(add("init", "write config.toml, by questions or by flags"))
     setup.add_config_arguments(add("config", "show the effective configuration"))

@@ -16,8 +16,8 @@ import argparse
 import importlib
 import sys
 
-from .. import logs
-from ..config import Config, load
+from astralboot.common import logs
+from astralboot.common.config import Config, load
 
 ENTRY_POINTS = {
     "store": "astralboot.services.store.server",

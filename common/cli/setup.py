@@ -17,13 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from .. import netif, tokens
-from ..config import load, render, render_settings
-from ..config.load import (default_range, p_multiaddr, p_os_name, p_password_hash, p_range,
+from astralboot.common import netif, tokens
+from astralboot.common.config import load, render, render_settings
+from astralboot.common.config.load import (default_range, p_multiaddr, p_os_name, p_password_hash, p_range,
                            resolve_database)
-from .datafolder import create as create_data_folder
-from ..errors import ConfigError, StartupError
-from ..passwords import new_password, sha512_crypt
+from astralboot.common.cli.datafolder import create as create_data_folder
+from astralboot.common.errors import ConfigError, StartupError
+from astralboot.common.passwords import new_password, sha512_crypt
 
 WARNING_ONE_INTERFACE = """
   !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -322,7 +322,7 @@ def _state_to_the_service(config: Any) -> None:
     ids = _service_ids()
     if ids is None or os.geteuid() != 0:
         return
-    from ..privileges import database_files
+    from astralboot.common.privileges import database_files
     for item in database_files(config.store.database):
         target = getattr(item, "path", item)
         if target.exists() and target != config.data:

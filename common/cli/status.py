@@ -8,14 +8,14 @@ import json
 import sys
 import time
 
-from ..bus.client import SyncBusClient
-from ..bus.security import client_curve
-from ..bus.events import EventSubscriber
-from ..names import printable
-from ..config import SERVICES, load, normalise_mac
-from ..health import ServiceHealth, check_all
-from ..messages import BootEvent, EventList, EventListReply
-from ..bus.schema import record_to_dict
+from astralboot.common.bus.client import SyncBusClient
+from astralboot.common.bus.security import client_curve
+from astralboot.common.bus.events import EventSubscriber
+from astralboot.common.names import printable
+from astralboot.common.config import SERVICES, load, normalise_mac
+from astralboot.common.health import ServiceHealth, check_all
+from astralboot.common.messages import BootEvent, EventList, EventListReply
+from astralboot.common.bus.schema import record_to_dict
 
 
 def add_status_arguments(p: argparse.ArgumentParser) -> None:

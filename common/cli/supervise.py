@@ -24,9 +24,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import IO
 
-from ..config import SERVICES, Config
-from ..health import check
-from .services import astralboot_argv, load_config
+from astralboot.common.config import SERVICES, Config
+from astralboot.common.health import check
+from astralboot.common.cli.services import astralboot_argv, load_config
 
 log = logging.getLogger("astralboot.serve")
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from .. import tokens
-from ..bus.client import SyncBusClient
-from ..bus.security import client_curve
-from ..config import load
-from ..messages import Done, TokenCreate, TokenList, TokenListReply, TokenReply, TokenRevoke
-from .options import add_common_options
+from astralboot.common import tokens
+from astralboot.common.bus.client import SyncBusClient
+from astralboot.common.bus.security import client_curve
+from astralboot.common.config import load
+from astralboot.common.messages import Done, TokenCreate, TokenList, TokenListReply, TokenReply, TokenRevoke
+from astralboot.common.cli.options import add_common_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

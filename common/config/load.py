@@ -18,10 +18,10 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .. import netif
-from ..errors import ConfigError, ConfigErrors
-from ..names import MACHINE_NAME
-from .model import (AdminConfig, BusConfig, Config, DhcpConfig, HttpConfig, InstallConfig,
+from astralboot.common import netif
+from astralboot.common.errors import ConfigError, ConfigErrors
+from astralboot.common.names import MACHINE_NAME
+from astralboot.common.config.model import (AdminConfig, BusConfig, Config, DhcpConfig, HttpConfig, InstallConfig,
                     IpfsConfig, MenuConfig, ReservationConfig, ServiceConfig, StoreConfig,
                     SubnetConfig, TftpConfig)
 

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Iterable
 
-from .model import Config, SubnetConfig
+from astralboot.common.config.model import Config, SubnetConfig
 
 
 def toml_value(v: Any) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import lru_cache
 from ipaddress import IPv4Address
 
-from .constants import ZERO_IP
+from astralboot.services.dhcpd.constants import ZERO_IP
 
 ZERO_PACKED = bytes(4)
 _OCTETS = tuple(str(n) for n in range(256))

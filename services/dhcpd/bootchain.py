@@ -24,7 +24,7 @@ from astralboot.common.messages import (
     ErrorReply,
 )
 
-from .constants import (
+from astralboot.services.dhcpd.constants import (
     ARCH_BIOS,
     ARCH_EFI_ARM64,
     ARCH_EFI_ARM64_HTTP,
@@ -34,7 +34,7 @@ from .constants import (
     VENDOR_HTTP,
     VENDOR_PXE,
 )
-from .client_messages import ClientMessage
+from astralboot.services.dhcpd.client_messages import ClientMessage
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .constants import (
+from astralboot.services.dhcpd.constants import (
     BOOTREQUEST,
     DEFAULT_MAX_MESSAGE,
     DHCPDECLINE,
@@ -41,10 +41,10 @@ from .constants import (
 )
 from astralboot.common.names import clean_hostname
 
-from .addresses import ip_text
-from .options import u16, user_classes
-from .packet import parse
-from .reader import MalformedPacket
+from astralboot.services.dhcpd.addresses import ip_text
+from astralboot.services.dhcpd.options import u16, user_classes
+from astralboot.services.dhcpd.packet import parse
+from astralboot.services.dhcpd.reader import MalformedPacket
 
 
 class UnsupportedMessage(MalformedPacket):

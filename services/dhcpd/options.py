@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from .constants import (
+from astralboot.services.dhcpd.constants import (
     OPT_CLIENT_ARCH,
     OPT_CLIENT_ID,
     OPT_END,
@@ -28,7 +28,7 @@ from .constants import (
     OPT_SERVER_ID,
     OPT_SUBNET_MASK,
 )
-from .reader import MalformedPacket, Reader
+from astralboot.services.dhcpd.reader import MalformedPacket, Reader
 
 Options = dict[int, bytes]
 

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .constants import (
+from astralboot.services.dhcpd.constants import (
     BOOTREPLY,
     BOOTREQUEST,
     FILE_SIZE,
@@ -32,9 +32,9 @@ from .constants import (
     SNAME_SIZE,
     ZERO_IP,
 )
-from .addresses import ip_bytes, ip_text
-from .options import Options, check, fill, read_area
-from .reader import MalformedPacket, Reader
+from astralboot.services.dhcpd.addresses import ip_bytes, ip_text
+from astralboot.services.dhcpd.options import Options, check, fill, read_area
+from astralboot.services.dhcpd.reader import MalformedPacket, Reader
 
 HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
 assert HEADER.size == HEADER_SIZE

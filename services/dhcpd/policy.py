@@ -32,9 +32,9 @@ from astralboot.common.messages import (
     LeaseGrant,
 )
 
-from .addresses import ip_bytes
-from .bootchain import Assignment, BootChain, BootChoice, is_ipxe
-from .constants import (
+from astralboot.services.dhcpd.addresses import ip_bytes
+from astralboot.services.dhcpd.bootchain import Assignment, BootChain, BootChoice, is_ipxe
+from astralboot.services.dhcpd.constants import (
     CLIENT_PORT,
     DHCPACK,
     DHCPNAK,
@@ -51,10 +51,10 @@ from .constants import (
     SERVER_PORT,
     ZERO_IP,
 )
-from .client_messages import ClientMessage, Decline, Discover, Inform, Release, Request
-from .options import tlv
-from .reply import Outgoing, ReplyTooLarge, destination, lease_times, write
-from .subnets import SubnetProfile, SubnetTable
+from astralboot.services.dhcpd.client_messages import ClientMessage, Decline, Discover, Inform, Release, Request
+from astralboot.services.dhcpd.options import tlv
+from astralboot.services.dhcpd.reply import Outgoing, ReplyTooLarge, destination, lease_times, write
+from astralboot.services.dhcpd.subnets import SubnetProfile, SubnetTable
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from astralboot.common.messages import (
     MachineReply,
 )
 
-from .addresses import ip_bytes
-from .bootchain import BootChain, is_boot_client
-from .constants import (
+from astralboot.services.dhcpd.addresses import ip_bytes
+from astralboot.services.dhcpd.bootchain import BootChain, is_boot_client
+from astralboot.services.dhcpd.constants import (
     DHCPACK,
     DHCPOFFER,
     OPT_CLIENT_UUID,
@@ -41,10 +41,10 @@ from .constants import (
     VENDOR_PXE,
     ZERO_IP,
 )
-from .client_messages import ClientMessage, Discover, Request
-from .options import tlv
-from .policy import BROADCAST, Arrival, Report, Store, boot_fields, relay_tail
-from .reply import Destination, Outgoing, ReplyTooLarge, destination, write
+from astralboot.services.dhcpd.client_messages import ClientMessage, Discover, Request
+from astralboot.services.dhcpd.options import tlv
+from astralboot.services.dhcpd.policy import BROADCAST, Arrival, Report, Store, boot_fields, relay_tail
+from astralboot.services.dhcpd.reply import Destination, Outgoing, ReplyTooLarge, destination, write
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from astralboot.common.errors import AstralBootError
 
-from .constants import (
+from astralboot.services.dhcpd.constants import (
     BOOTREPLY,
     BROADCAST_IP,
     DHCPNAK,
@@ -36,10 +36,10 @@ from .constants import (
     OPT_TFTP_SERVER,
     ZERO_IP,
 )
-from .addresses import ip_bytes
-from .client_messages import ClientMessage
-from .options import tlv
-from .packet import finish, pack_header
+from astralboot.services.dhcpd.addresses import ip_bytes
+from astralboot.services.dhcpd.client_messages import ClientMessage
+from astralboot.services.dhcpd.options import tlv
+from astralboot.services.dhcpd.packet import finish, pack_header
 
 _U32 = struct.Struct("!I")
 

@@ -16,8 +16,8 @@ import os
 
 from astralboot.common import netif
 
-from .addresses import ip_text
-from .constants import (
+from astralboot.services.dhcpd.addresses import ip_text
+from astralboot.services.dhcpd.constants import (
     BOOTREPLY,
     BOOTREQUEST,
     BROADCAST_IP,
@@ -33,9 +33,9 @@ from .constants import (
     OPT_VENDOR_CLASS,
     ZERO_IP,
 )
-from .packet import Packet, decode, encode
-from .reader import MalformedPacket
-from .sockets import open_udp
+from astralboot.services.dhcpd.packet import Packet, decode, encode
+from astralboot.services.dhcpd.reader import MalformedPacket
+from astralboot.services.dhcpd.sockets import open_udp
 
 log = logging.getLogger(__name__)
 

@@ -22,15 +22,15 @@ from astralboot.common.frontend import FrontEnd
 from astralboot.common.frontend import run as run_frontend
 from astralboot.common.frontend import settle_heap
 
-from .bootchain import BinaryCatalogue, BootChain
-from .constants import BROADCAST_IP, PXE_PORT
-from .client_messages import ClientMessage, UnsupportedMessage, read_client_message
-from .policy import Arrival, DhcpPolicy
-from .proxy import ProxyPolicy
-from .reader import MalformedPacket
-from .reply import Outgoing
-from .rogue import find_other_servers
-from .sockets import ANCILLARY_SIZE, SERVICE, LinkSender, destination_of, open_udp
+from astralboot.services.dhcpd.bootchain import BinaryCatalogue, BootChain
+from astralboot.services.dhcpd.constants import BROADCAST_IP, PXE_PORT
+from astralboot.services.dhcpd.client_messages import ClientMessage, UnsupportedMessage, read_client_message
+from astralboot.services.dhcpd.policy import Arrival, DhcpPolicy
+from astralboot.services.dhcpd.proxy import ProxyPolicy
+from astralboot.services.dhcpd.reader import MalformedPacket
+from astralboot.services.dhcpd.reply import Outgoing
+from astralboot.services.dhcpd.rogue import find_other_servers
+from astralboot.services.dhcpd.sockets import ANCILLARY_SIZE, SERVICE, LinkSender, destination_of, open_udp
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from ipaddress import IPv4Address
 
 from astralboot.common.config.model import Config, SubnetConfig
 
-from .addresses import ip_int
-from .constants import (
+from astralboot.services.dhcpd.addresses import ip_int
+from astralboot.services.dhcpd.constants import (
     OPT_BROADCAST,
     OPT_DNS,
     OPT_DOMAIN_NAME,
@@ -18,7 +18,7 @@ from .constants import (
     OPT_TFTP_SERVER,
     ZERO_IP,
 )
-from .options import tlv
+from astralboot.services.dhcpd.options import tlv
 
 
 @dataclass(frozen=True, slots=True)

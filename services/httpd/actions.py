@@ -16,13 +16,13 @@ import logging
 
 import falcon
 
-from ...common.bus.events import HTTP_TEMPLATE
-from . import bootonce
-from .catalog import Directory
-from .classes import config_template_names
-from .inputs import check_os, check_template
-from .render import Renderer
-from .reporting import Reporter
+from astralboot.common.bus.events import HTTP_TEMPLATE
+from astralboot.services.httpd import bootonce
+from astralboot.services.httpd.catalog import Directory
+from astralboot.services.httpd.classes import config_template_names
+from astralboot.services.httpd.inputs import check_os, check_template
+from astralboot.services.httpd.render import Renderer
+from astralboot.services.httpd.reporting import Reporter
 
 log = logging.getLogger(__name__)
 

@@ -19,16 +19,16 @@ from typing import Any
 
 import falcon
 
-from ...common import __version__
-from ...common.bus.schema import Record, record_to_dict
-from ...common.config import Config
-from ...common.errors import AstralBootError
-from ...common.messages import MACHINE_FIELDS, MachineRecord, MachineSet
-from .auth import with_actor
-from .bootonce import NEXT_BOOT_LABEL, next_boot
-from .catalog import Catalog, Directory
-from .inputs import check_class, check_mac, check_os, check_subpath
-from .storeclient import StoreClient
+from astralboot.common import __version__
+from astralboot.common.bus.schema import Record, record_to_dict
+from astralboot.common.config import Config
+from astralboot.common.errors import AstralBootError
+from astralboot.common.messages import MACHINE_FIELDS, MachineRecord, MachineSet
+from astralboot.services.httpd.auth import with_actor
+from astralboot.services.httpd.bootonce import NEXT_BOOT_LABEL, next_boot
+from astralboot.services.httpd.catalog import Catalog, Directory
+from astralboot.services.httpd.inputs import check_class, check_mac, check_os, check_subpath
+from astralboot.services.httpd.storeclient import StoreClient
 
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
                    r"[A-Za-z0-9])?)*")

@@ -15,18 +15,18 @@ from typing import Any
 
 import falcon
 
-from ...common.bus.events import HTTP_IMAGE
-from ...common.config import Config
-from ...common.errors import AstralBootError, BusTimeout, ErrorCode, RemoteError
-from ...common.names import ipv4_text
-from . import actions, api, images, menus
-from .auth import AdminAuth
-from .catalog import Catalog, Directory
-from .errors import BadInput, BadTemplate, Unserved
-from .metrics import Metrics, MetricsMiddleware, MetricsResource
-from .render import Renderer
-from .reporting import Reporter
-from .storeclient import StoreClient
+from astralboot.common.bus.events import HTTP_IMAGE
+from astralboot.common.config import Config
+from astralboot.common.errors import AstralBootError, BusTimeout, ErrorCode, RemoteError
+from astralboot.common.names import ipv4_text
+from astralboot.services.httpd import actions, api, images, menus
+from astralboot.services.httpd.auth import AdminAuth
+from astralboot.services.httpd.catalog import Catalog, Directory
+from astralboot.services.httpd.errors import BadInput, BadTemplate, Unserved
+from astralboot.services.httpd.metrics import Metrics, MetricsMiddleware, MetricsResource
+from astralboot.services.httpd.render import Renderer
+from astralboot.services.httpd.reporting import Reporter
+from astralboot.services.httpd.storeclient import StoreClient
 
 log = logging.getLogger(__name__)
 

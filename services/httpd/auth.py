@@ -23,11 +23,11 @@ import time
 
 import falcon
 
-from ...common import tokens
-from ...common.errors import BusTimeout, ErrorCode, RemoteError
-from ...common.logs import SenderLimit
-from ...common.messages import MachineSet, TokenInfo
-from .storeclient import StoreClient
+from astralboot.common import tokens
+from astralboot.common.errors import BusTimeout, ErrorCode, RemoteError
+from astralboot.common.logs import SenderLimit
+from astralboot.common.messages import MachineSet, TokenInfo
+from astralboot.services.httpd.storeclient import StoreClient
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ...common.messages import MachineRecord, MachineSet
-from .classes import OsInfo
+from astralboot.common.messages import MachineRecord, MachineSet
+from astralboot.services.httpd.classes import OsInfo
 
 NEXT_BOOT_LABEL = "astralboot/next-boot"
 DISK = "disk"

@@ -14,13 +14,13 @@ import logging
 import time
 from pathlib import Path
 
-from ...common.errors import ErrorCode, RemoteError
-from ...common.messages import ContentEntry, LeaseReply, MachineRecord, MachineSet
-from .cache import Clock, Lru, TtlCache
-from .classes import OsInfo, parse_os_info
-from .errors import NotFound, UnfitContent
-from .storeclient import StoreClient
-from .templates import Compiled, TemplateCache
+from astralboot.common.errors import ErrorCode, RemoteError
+from astralboot.common.messages import ContentEntry, LeaseReply, MachineRecord, MachineSet
+from astralboot.services.httpd.cache import Clock, Lru, TtlCache
+from astralboot.services.httpd.classes import OsInfo, parse_os_info
+from astralboot.services.httpd.errors import NotFound, UnfitContent
+from astralboot.services.httpd.storeclient import StoreClient
+from astralboot.services.httpd.templates import Compiled, TemplateCache
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Literal
 
-from ...common.messages import MachineRecord
-from .inputs import CLASS_NAME
+from astralboot.common.messages import MachineRecord
+from astralboot.services.httpd.inputs import CLASS_NAME
 
 BootPolicy = Literal["once", "always"]
 

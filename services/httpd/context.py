@@ -19,8 +19,8 @@ from ipaddress import IPv4Address
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from ...common.config import Config
-from ...common.messages import LeaseRecord, MachineRecord
+from astralboot.common.config import Config
+from astralboot.common.messages import LeaseRecord, MachineRecord
 
 _HOST_BAD = re.compile(r"[^A-Za-z0-9-]+")
 _VALUE_BAD = re.compile(r"[^A-Za-z0-9._:/@+,-]+")

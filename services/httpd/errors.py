@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ...common.errors import AstralBootError, ErrorCode
+from astralboot.common.errors import AstralBootError, ErrorCode
 
 
 class HttpdError(AstralBootError):

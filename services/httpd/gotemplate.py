@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import GoTemplateError
+from astralboot.services.httpd.errors import GoTemplateError
 
 _ACTION = re.compile(r"\{\{(-?)(.*?)(-?)\}\}", re.S)
 _LOOKS_GO = re.compile(r"\{\{-?\s*(?:[.$]|(?:if|range|with|end|else)\b(?:\s+[.$])?|/\*)")

@@ -17,11 +17,11 @@ from typing import BinaryIO, Callable
 
 import falcon
 
-from ...common.bus.events import HTTP_IMAGE
-from .catalog import Catalog
-from .errors import NoLocalCopy
-from .inputs import check_os, check_subpath
-from .reporting import Reporter
+from astralboot.common.bus.events import HTTP_IMAGE
+from astralboot.services.httpd.catalog import Catalog
+from astralboot.services.httpd.errors import NoLocalCopy
+from astralboot.services.httpd.inputs import check_os, check_subpath
+from astralboot.services.httpd.reporting import Reporter
 
 log = logging.getLogger(__name__)
 

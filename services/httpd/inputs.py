@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from ...common.config import normalise_mac
-from .errors import BadInput
+from astralboot.common.config import normalise_mac
+from astralboot.services.httpd.errors import BadInput
 
 OS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -16,15 +16,15 @@ import dataclasses
 
 import falcon
 
-from ...common.bus.events import HTTP_REFUSED, HTTP_SCRIPT
-from ...common.config import Config
-from ...common.names import ipv4_text
-from . import bootonce, scripts
-from .cache import Lru
-from .catalog import Catalog, Directory
-from .inputs import check_class, check_mac, check_os
-from .render import Renderer
-from .reporting import Reporter
+from astralboot.common.bus.events import HTTP_REFUSED, HTTP_SCRIPT
+from astralboot.common.config import Config
+from astralboot.common.names import ipv4_text
+from astralboot.services.httpd import bootonce, scripts
+from astralboot.services.httpd.cache import Lru
+from astralboot.services.httpd.catalog import Catalog, Directory
+from astralboot.services.httpd.inputs import check_class, check_mac, check_os
+from astralboot.services.httpd.render import Renderer
+from astralboot.services.httpd.reporting import Reporter
 
 SCRIPT_TYPE = "text/plain; charset=utf-8"
 

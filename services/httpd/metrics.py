@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import falcon
 
-from ...common import __version__
+from astralboot.common import __version__
 
 ROUTES = ("menu", "choose", "class", "setclass", "boot", "image", "bin", "tftp", "action",
           "config", "api", "health", "metrics", "other")

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ...common.config import Config
-from ...common.messages import LeaseRecord, MachineRecord
-from . import scripts
-from .cache import Lru
-from .catalog import Catalog, Directory
-from .context import MachineGroup, cluster_view, template_context
-from .errors import BadTemplate, NotFound
-from .templates import Compiled
+from astralboot.common.config import Config
+from astralboot.common.messages import LeaseRecord, MachineRecord
+from astralboot.services.httpd import scripts
+from astralboot.services.httpd.cache import Lru
+from astralboot.services.httpd.catalog import Catalog, Directory
+from astralboot.services.httpd.context import MachineGroup, cluster_view, template_context
+from astralboot.services.httpd.errors import BadTemplate, NotFound
+from astralboot.services.httpd.templates import Compiled
 
 START = "start"
 RENDERED_MAX = 8192  # start scripts kept, keyed by everything their text depends on

@@ -24,8 +24,8 @@ import time
 from collections import Counter
 from typing import Callable
 
-from ...common.messages import BootEvent, EventReport
-from .storeclient import StoreClient
+from astralboot.common.messages import BootEvent, EventReport
+from astralboot.services.httpd.storeclient import StoreClient
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .classes import OsInfo
+from astralboot.services.httpd.classes import OsInfo
 
 MAGIC = "#!ipxe"
 

@@ -24,16 +24,16 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from ...common.bus.client import SyncBusClient
-from ...common.bus.security import client_curve
-from ...common.config import Config
-from ...common.errors import StartupError
-from ...common.privileges import drop
-from .app import create_app
-from .metrics import Metrics
-from .storeclient import BusStore
-from .worker import ClientLimits
-from .worker import worker_class as httpd_worker
+from astralboot.common.bus.client import SyncBusClient
+from astralboot.common.bus.security import client_curve
+from astralboot.common.config import Config
+from astralboot.common.errors import StartupError
+from astralboot.common.privileges import drop
+from astralboot.services.httpd.app import create_app
+from astralboot.services.httpd.metrics import Metrics
+from astralboot.services.httpd.storeclient import BusStore
+from astralboot.services.httpd.worker import ClientLimits
+from astralboot.services.httpd.worker import worker_class as httpd_worker
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,18 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ...common.bus.schema import Request
-from ...common.errors import ErrorCode, RemoteError
-from ...common.messages import (BootEvent, ContentEntry, ContentList, ContentListReply,
+from astralboot.common.bus.schema import Request
+from astralboot.common.errors import ErrorCode, RemoteError
+from astralboot.common.messages import (BootEvent, ContentEntry, ContentList, ContentListReply,
                                 ContentStat, ContentStatReply, EventList, EventListReply,
                                 EventReport, Health, HealthReply, LeaseList, LeaseListReply,
                                 LeaseLookup, LeaseRecord, LeaseReply, LeaseState, MachineGet,
                                 MachineList, MachineListReply, MachineRecord, MachineReply,
                                 MachineSet, TokenCheck, TokenInfo, TokenReply)
-from .errors import NoLocalCopy, UnfitContent
+from astralboot.services.httpd.errors import NoLocalCopy, UnfitContent
 
 if TYPE_CHECKING:
-    from ...common.bus.client import SyncBusClient
+    from astralboot.common.bus.client import SyncBusClient
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class BusStore:
     """
 
     def __init__(self, bus: "SyncBusClient", cache_root: Path, cache_max: int = 0) -> None:
-        from ...common.content import DigestCache  # the store engineer's module
+        from astralboot.common.content import DigestCache  # the store engineer's module
         self.bus = bus
         self.cache = DigestCache(cache_root, cache_max)
         self._fetching: dict[str, threading.Lock] = {}
@@ -149,7 +149,7 @@ class BusStore:
         return list(reply.entries)  # type: ignore[attr-defined]
 
     def local_file(self, entry: ContentEntry) -> Path:
-        from ...common.content import CacheError, fetch_to_cache
+        from astralboot.common.content import CacheError, fetch_to_cache
         digest = entry.digest
         if digest is None:
             raise UnfitContent(f"{entry.path} is a folder")

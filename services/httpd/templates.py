@@ -22,10 +22,10 @@ from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
-from . import gotemplate
-from .cache import Lru
-from .errors import BadTemplate, GoTemplateError
-from .scripts import MAGIC, ipxe_word
+from astralboot.services.httpd import gotemplate
+from astralboot.services.httpd.cache import Lru
+from astralboot.services.httpd.errors import BadTemplate, GoTemplateError
+from astralboot.services.httpd.scripts import MAGIC, ipxe_word
 
 
 def _raw(value: object) -> Markup:

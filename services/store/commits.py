@@ -20,11 +20,11 @@ from astralboot.common.bus.server import error
 from astralboot.common.errors import ErrorCode
 from astralboot.common.messages import BootEvent
 
-from .database import Database, DatabaseUnavailable
-from .journal import Batch, BatchOutcome
-from .retries import Waiting
-from .service import StoreService
-from .worker import DatabaseThread
+from astralboot.services.store.database import Database, DatabaseUnavailable
+from astralboot.services.store.journal import Batch, BatchOutcome
+from astralboot.services.store.retries import Waiting
+from astralboot.services.store.service import StoreService
+from astralboot.services.store.worker import DatabaseThread
 
 log = logging.getLogger(__name__)
 

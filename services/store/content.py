@@ -25,7 +25,7 @@ from typing import Iterator
 from astralboot.common.content import MAX_READ, BadDigest, DigestCache, check_digest
 from astralboot.common.messages import ContentEntry
 
-from .sources import (BadPath, ContentMissing, ContentUnavailable, Node, Source, clean_path)
+from astralboot.services.store.sources import (BadPath, ContentMissing, ContentUnavailable, Node, Source, clean_path)
 
 log = logging.getLogger(__name__)
 

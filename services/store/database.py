@@ -26,10 +26,10 @@ from astralboot.common.config import SubnetConfig
 from astralboot.common.errors import AstralBootError
 from astralboot.common.messages import BootEvent
 
-from .journal import (Batch, BatchOutcome, Change, EventPruning, EventWrite, LeaseWrite,
+from astralboot.services.store.journal import (Batch, BatchOutcome, Change, EventPruning, EventWrite, LeaseWrite,
                       MachineWrite, ReservationDeletion, ReservationWrite, TokenDeletion,
                       TokenWrite)
-from .models import boot_events, leases, machines, pools, reservations, tokens
+from astralboot.services.store.models import boot_events, leases, machines, pools, reservations, tokens
 
 log = logging.getLogger(__name__)
 

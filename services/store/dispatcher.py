@@ -21,8 +21,8 @@ from astralboot.common.errors import ErrorCode
 from astralboot.common.messages import (ContentDataReply, ContentList, ContentListReply,
                                         ContentRead, ContentStat, ContentStatReply, ErrorReply)
 
-from .content import ContentStore
-from .sources import BadPath, ContentMissing, SourceError
+from astralboot.services.store.content import ContentStore
+from astralboot.services.store.sources import BadPath, ContentMissing, SourceError
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from astralboot.common.errors import ErrorCode, MalformedMessage
 from astralboot.common.logs import SenderLimit
 from astralboot.common.messages import BootEvent, ErrorReply, EventSubscribe, SubscribeReply
 
-from .leases import Refusal
-from .rawsocket import EVENTS as _EVENTS, MORE as _MORE, NOBLOCK as _NOBLOCK, POLLIN as _POLLIN
-from .rawsocket import get as _get, send as _send
-from .subscriptions import SubscriptionTable
+from astralboot.services.store.leases import Refusal
+from astralboot.services.store.rawsocket import EVENTS as _EVENTS, MORE as _MORE, NOBLOCK as _NOBLOCK, POLLIN as _POLLIN
+from astralboot.services.store.rawsocket import get as _get, send as _send
+from astralboot.services.store.subscriptions import SubscriptionTable
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from astralboot.common.config import SubnetConfig
 from astralboot.common.errors import AstralBootError, ErrorCode
 from astralboot.common.messages import CommitMode, LeaseRecord
 
-from .journal import LeaseWrite
-from .leasestate import HELD, TRANSITIONS, LeaseEvent, LeaseState
+from astralboot.services.store.journal import LeaseWrite
+from astralboot.services.store.leasestate import HELD, TRANSITIONS, LeaseEvent, LeaseState
 
 __all__ = ["HELD", "Client", "Lease", "LeaseBook", "LeaseEvent", "LeaseState", "Pool", "Refusal",
            "Reservations", "Usable", "ip_int", "ip_str"]

@@ -18,8 +18,8 @@ from astralboot.common.names import MACHINE_NAME as _LABEL
 from astralboot.common.names import WORD as _WORD
 from astralboot.common.names import label_problem
 
-from .journal import MachineWrite
-from .leases import Refusal
+from astralboot.services.store.journal import MachineWrite
+from astralboot.services.store.leases import Refusal
 
 _NODE = re.compile(r"node(\d+)(?:-\d+)?")
 

@@ -14,7 +14,7 @@ from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, Float, Forei
                         Integer, LargeBinary, MetaData, String, Table, Text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .leasestate import LeaseState
+from astralboot.services.store.leasestate import LeaseState
 
 LEASE_STATES = tuple(state.value for state in LeaseState)  # the column's CHECK constraint
 

@@ -29,16 +29,16 @@ from astralboot.common.errors import ErrorCode
 from astralboot.common.messages import (ContentList, ContentRead, ContentStat, EventReport,
                                         Health)
 
-from .commits import CommitScheduler
-from .content import ContentStore
-from .database import Database, describe
-from .dispatcher import ContentDispatcher
-from .eventhub import EventHub
-from .rawsocket import (EVENTS as _EVENTS, MORE as _MORE, NOBLOCK as _NOBLOCK, POLLIN as _POLLIN,
+from astralboot.services.store.commits import CommitScheduler
+from astralboot.services.store.content import ContentStore
+from astralboot.services.store.database import Database, describe
+from astralboot.services.store.dispatcher import ContentDispatcher
+from astralboot.services.store.eventhub import EventHub
+from astralboot.services.store.rawsocket import (EVENTS as _EVENTS, MORE as _MORE, NOBLOCK as _NOBLOCK, POLLIN as _POLLIN,
                         RCVMORE as _RCVMORE)
-from .rawsocket import get as _get, recv as _recv, send as _send
-from .retries import RetryCache, Waiting, request_key
-from .service import Result, StoreService
+from astralboot.services.store.rawsocket import get as _get, recv as _recv, send as _send
+from astralboot.services.store.retries import RetryCache, Waiting, request_key
+from astralboot.services.store.service import Result, StoreService
 
 SERVICE = "store"
 DRAIN = 2000  # frames handled per wake-up before yielding to the loop

@@ -22,11 +22,11 @@ from astralboot.common.errors import StartupError
 from astralboot.common.frontend import settle_heap
 from astralboot.common.privileges import database_files, drop, ipc_files
 
-from .content import ContentStore
-from .database import Database, create_engine, describe, migrate
-from .router import SERVICE, StoreServer
-from .service import StoreService
-from .sources import IpfsFolder, LocalFolder, Source
+from astralboot.services.store.content import ContentStore
+from astralboot.services.store.database import Database, create_engine, describe, migrate
+from astralboot.services.store.router import SERVICE, StoreServer
+from astralboot.services.store.service import StoreService
+from astralboot.services.store.sources import IpfsFolder, LocalFolder, Source
 
 __all__ = ["StoreServer", "add_token", "build", "content_source", "open_database", "run"]
 
@@ -63,7 +63,7 @@ def add_token(database: Database, name: str, scope: str, digest: str) -> bool:
     """
     from sqlalchemy import insert, select
 
-    from .models import tokens
+    from astralboot.services.store.models import tokens
     with database.engine.begin() as conn:
         if conn.execute(select(tokens.c.name).where(tokens.c.name == name)).first():
             return False

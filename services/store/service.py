@@ -32,12 +32,12 @@ from astralboot.common.messages import (BootEvent, Done, ErrorReply, EventList, 
                                         TokenCheck, TokenCreate, TokenInfo, TokenList,
                                         TokenListReply, TokenReply, TokenRevoke)
 
-from .database import Snapshot, query_events
-from .journal import (EventPruning, EventWrite, ReservationDeletion, ReservationWrite,
+from astralboot.services.store.database import Snapshot, query_events
+from astralboot.services.store.journal import (EventPruning, EventWrite, ReservationDeletion, ReservationWrite,
                       TokenDeletion, TokenWrite, Write)
-from .leases import (Client, Lease, LeaseBook, LeaseState, Pool, Refusal, Reservations, ip_int,
+from astralboot.services.store.leases import (Client, Lease, LeaseBook, LeaseState, Pool, Refusal, Reservations, ip_int,
                      ip_str)
-from .machines import Machine, MachineBook
+from astralboot.services.store.machines import Machine, MachineBook
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from astralboot.common.errors import ErrorCode
 
-from .leases import Refusal
+from astralboot.services.store.leases import Refusal
 
 MAC_TEXT = 17  # "aa:bb:cc:dd:ee:ff"
 _HEX = frozenset("0123456789abcdef")

@@ -25,7 +25,7 @@ from astralboot.common.bus.client import AsyncBusClient
 from astralboot.common.errors import AstralBootError, BusError, ErrorCode
 from astralboot.common.messages import ContentEntry, ContentStat, ContentStatReply, ErrorReply
 
-from .memory import MemoryBudget
+from astralboot.services.tftpd.memory import MemoryBudget
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from collections import OrderedDict
 
 from astralboot.common.errors import AstralBootError
 
-from .files import Blob
-from .memory import MemoryBudget
-from .packets import to_netascii
+from astralboot.services.tftpd.files import Blob
+from astralboot.services.tftpd.memory import MemoryBudget
+from astralboot.services.tftpd.packets import to_netascii
 
 CHUNK = 1 << 20  # the conversion is per byte, so a file converts in pieces of any size
 SIZES_KEPT = 1024  # converted sizes remembered, so a refused request costs no second scan

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from .packets import Option
+from astralboot.services.tftpd.packets import Option
 
 DEFAULT_BLKSIZE = 512
 MIN_BLKSIZE = 8

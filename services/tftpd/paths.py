@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .packets import Error, TftpCode
+from astralboot.services.tftpd.packets import Error, TftpCode
 
 ROOT = "tftp"
 MAX_NAME = 255  # bytes, as sent

@@ -17,13 +17,13 @@ from typing import Generic, Iterator, Protocol, TypeVar
 
 from astralboot.common.errors import ErrorCode
 
-from .files import FileError, ContentSource
-from .netascii import NetasciiCache, NoRoom, Text
-from .options import Limits, negotiate
-from .packets import (Ack, Data, Error, TftpCode, Mode, OptionAck, Packet, ReadRequest,
+from astralboot.services.tftpd.files import FileError, ContentSource
+from astralboot.services.tftpd.netascii import NetasciiCache, NoRoom, Text
+from astralboot.services.tftpd.options import Limits, negotiate
+from astralboot.services.tftpd.packets import (Ack, Data, Error, TftpCode, Mode, OptionAck, Packet, ReadRequest,
                       WriteRequest, encode_error)
-from .paths import store_path
-from .transfer import Address, Transfer
+from astralboot.services.tftpd.paths import store_path
+from astralboot.services.tftpd.transfer import Address, Transfer
 
 READ_ONLY = encode_error(TftpCode.ACCESS_VIOLATION, "this server is read-only")
 UNKNOWN_TID = encode_error(TftpCode.UNKNOWN_TID, "unknown transfer ID")

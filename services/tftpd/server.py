@@ -31,14 +31,14 @@ from astralboot.common.frontend import FrontEnd, settle_heap
 from astralboot.common.frontend import run as run_frontend
 from astralboot.common.logs import SenderLimit
 
-from .files import StoreContent
-from .memory import MemoryBudget
-from .netascii import NetasciiCache
-from .options import Limits
-from .packets import (Error, TftpCode, ReadRequest, TftpProtocolError, WriteRequest, ack_block,
+from astralboot.services.tftpd.files import StoreContent
+from astralboot.services.tftpd.memory import MemoryBudget
+from astralboot.services.tftpd.netascii import NetasciiCache
+from astralboot.services.tftpd.options import Limits
+from astralboot.services.tftpd.packets import (Error, TftpCode, ReadRequest, TftpProtocolError, WriteRequest, ack_block,
                       decode, encode_error)
-from .policy import NoMemory, ReadService, SessionTable, Verdict, stray_answer
-from .transfer import Address, State, Transfer
+from astralboot.services.tftpd.policy import NoMemory, ReadService, SessionTable, Verdict, stray_answer
+from astralboot.services.tftpd.transfer import Address, State, Transfer
 
 log = logging.getLogger(__name__)
 

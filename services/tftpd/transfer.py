@@ -20,8 +20,8 @@ from __future__ import annotations
 import enum
 from typing import Callable
 
-from .options import Negotiated
-from .packets import (MAX_BLOCK, Ack, Error, TftpCode, OptionAck, Packet, TftpProtocolError,
+from astralboot.services.tftpd.options import Negotiated
+from astralboot.services.tftpd.packets import (MAX_BLOCK, Ack, Error, TftpCode, OptionAck, Packet, TftpProtocolError,
                       ack_block, data_packet, decode, encode, encode_error)
 
 Address = tuple[str, int]

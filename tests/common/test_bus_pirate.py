@@ -126,7 +126,7 @@ def test_timeline_of_one_unanswered_call(name: str, retries: int, deadline: floa
                                          wakes: list[float],
                                          expected: list[tuple[int, bool, bool]]) -> None:
     pirate = new(retries)
-    call = start(pirate, 7, now=0.0, deadline=deadline)
+    start(pirate, 7, now=0.0, deadline=deadline)
     for now, (resends, reset, failed) in zip(wakes, expected):
         wake = pirate.handle_timer(now)
         assert (len(wake.send), wake.reset, bool(wake.failed)) == (resends, reset, failed), now

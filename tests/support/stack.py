@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from astralboot.common.cli.demo.netns import Namespace
 from astralboot.common.cli.demo.site import write_config

@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from ...config import load
-from ..datafolder import create as create_data_folder
-from ...errors import AstralBootError
-from .boot import BootFailed, ServeProcess, Timeline, WatchedBoot
-from .guest import Guest
-from .netns import Lab, LabError, require_root
-from .site import write_config
-from ...messages import BootEvent
+from astralboot.common.config import load
+from astralboot.common.cli.datafolder import create as create_data_folder
+from astralboot.common.errors import AstralBootError
+from astralboot.common.cli.demo.boot import BootFailed, ServeProcess, Timeline, WatchedBoot
+from astralboot.common.cli.demo.guest import Guest
+from astralboot.common.cli.demo.netns import Lab, LabError, require_root
+from astralboot.common.cli.demo.site import write_config
+from astralboot.common.messages import BootEvent
 
 NEEDED = {
     "boot/debian/images/linux": "debian-installer-12-netboot-amd64",
@@ -115,8 +115,8 @@ def _run(args: argparse.Namespace, firmware: str, mac: str, work: Path) -> int:
             _say(f"  services up in {time.monotonic() - started:.1f}s: store, dhcpd, tftpd, "
                  f"httpd (logs: {serve.log})")
             if args.assign:
-                from ...bus.client import SyncBusClient
-                from ...messages import MachineSet
+                from astralboot.common.bus.client import SyncBusClient
+                from astralboot.common.messages import MachineSet
                 with SyncBusClient(config.bus.endpoint) as bus:
                     bus.call(MachineSet(mac=mac, os=args.assign))
                 _say(f"  {mac} assigned {args.assign}: it boots straight into it")

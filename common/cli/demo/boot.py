@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ...bus.events import HTTP_TEMPLATE, EventSubscriber
-from ...config import Config
-from ...errors import AstralBootError
-from ...health import check_all
-from ...messages import BootEvent
-from .guest import Guest, stop
-from .netns import Namespace
-from ..services import astralboot_argv
+from astralboot.common.bus.events import HTTP_TEMPLATE, EventSubscriber
+from astralboot.common.config import Config
+from astralboot.common.errors import AstralBootError
+from astralboot.common.health import check_all
+from astralboot.common.messages import BootEvent
+from astralboot.common.cli.demo.guest import Guest, stop
+from astralboot.common.cli.demo.netns import Namespace
+from astralboot.common.cli.services import astralboot_argv
 
 if TYPE_CHECKING:
-    from ...bus.security import ClientCurve
+    from astralboot.common.bus.security import ClientCurve
 
 SUBSCRIBE_TIMEOUT = 10.0  # seconds for the store to confirm the subscription
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .netns import LabError, Namespace
+from astralboot.common.cli.demo.netns import LabError, Namespace
 
 Firmware = Literal["bios", "uefi"]
 

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ...errors import AstralBootError
+from astralboot.common.errors import AstralBootError
 
 DEFAULT_SUBNET = "192.0.2"
 

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ...config import render_settings
+from astralboot.common.config import render_settings
 
 
 def write_config(folder: Path, *, interface: str = "br0", address: str = "192.0.2.1",
