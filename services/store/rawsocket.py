@@ -4,7 +4,7 @@ Every request and event the store handles goes through a few socket calls.
 pyzmq's convenience layer (flag enums, ``send_multipart``) costs ~35 µs a
 message; its backend's ``send``/``recv``/``get`` called directly cost ~3.
 They are unbound methods here, looked up once: callers bind them to a
-module-level name (``from .rawsocket import send as _send``) and call
+module-level name (``from astralboot.services.store.rawsocket import send as _send``) and call
 ``_send(sock, frame, flags)``, so no Python frame sits between a message
 and libzmq. No other store module imports ``zmq.backend``.
 """
