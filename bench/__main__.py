@@ -1,4 +1,7 @@
-"""``python -m bench [NAME ...]``: run the benchmarks, each side by side with its peer.
+"""``python -m bench [NAME ...] [OPTIONS]``: run benchmarks, each side by side with its peer.
+
+Options after the names go to each named benchmark (``./run.sh bench dhcp
+--rates 2000,3000 --kea``); ``python -m bench NAME --help`` lists them.
 
 Every benchmark builds its own namespace network, runs AstralBoot and the
 peer (dnsmasq, Kea, nginx) in the same run, and prints a table with the
@@ -20,7 +23,12 @@ def available() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or available()
+    split = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    names, options = argv[:split] or available(), argv[split:]
+    if options and not argv[:split]:
+        print("options need the benchmark they are for: python -m bench NAME [OPTIONS]",
+              file=sys.stderr)
+        return 2
     unknown = [n for n in names if n not in available()]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; have: {', '.join(available())}",
@@ -30,7 +38,7 @@ def main(argv: list[str]) -> int:
     for name in names:
         print(f"\n### bench/{name}.py\n", flush=True)
         module = importlib.import_module(f"bench.{name}")
-        status |= int(module.main([]) or 0)
+        status |= int(module.main(options) or 0)
     return status
 
 

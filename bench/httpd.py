@@ -89,7 +89,7 @@ def wrk(url: str, seconds: int, connections: int, threads: int = 2) -> dict[str,
             "non2xx": int(errors.group(1)) if errors else 0}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--connections", type=int, default=32)
@@ -102,7 +102,7 @@ def main() -> int:
                    help="alternate the servers this many times; the best round of each counts "
                         "(a shared machine is noisy)")
     p.add_argument("--initrd", type=Path, default=DEBIAN / "initrd.gz")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if shutil.which("wrk") is None or shutil.which("nginx") is None:
         print("needs wrk and nginx (Debian packages wrk, nginx-light)", file=sys.stderr)
         return 2
@@ -197,4 +197,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
