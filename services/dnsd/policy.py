@@ -60,7 +60,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Send ``data`` back to the client, by the transport the query came on."""
+    """Send ``data`` back to the client, by the transport the query came on
+    (over TCP the server puts the 2-byte length in front)."""
 
     data: bytes
 

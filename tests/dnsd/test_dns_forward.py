@@ -16,6 +16,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from astralboot.services.dnsd.cache import AnswerCache
 from astralboot.services.dnsd.forward import (Client, Forwarder, NoUpstream, Question, ToClient,
@@ -364,3 +366,62 @@ def test_upstream_addresses(text: str, address: tuple[str, int]) -> None:
 def test_needs_an_upstream() -> None:
     with pytest.raises(NoUpstream):
         Forwarder([])
+
+
+# -- every client gets one answer, whatever happens ---------------------------------
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("ask"), st.integers(0, 2), st.integers(0, 3)),  # name, client
+    st.tuples(st.just("wait"), st.floats(0.0, 3.0)),
+    st.tuples(st.just("answer"), st.sampled_from(["ok", "tc", "servfail", "spoof"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_STEP, max_size=40))
+def test_every_client_gets_exactly_one_answer(steps: list) -> None:
+    fwd = forwarder(max_pending=2, max_clients=2, cache_size=1)
+    now = 0.0
+    asked: Counter[tuple[str, int]] = Counter()  # (address, query id) per ask that counts
+    answered: Counter[tuple[str, int]] = Counter()
+    outstanding: list[ToUpstream] = []
+
+    def take(actions: list) -> None:
+        for a in actions:
+            if isinstance(a, ToClient):
+                answered[(a.client.address[0], a.client.query_id)] += 1
+                assert dns.message.from_wire(a.data).id == a.client.query_id
+            else:
+                outstanding.append(a)
+
+    for step in steps:
+        if step[0] == "ask":
+            q = question(f"n{step[1]}.example.com")
+            c = client(q, qid=step[1] * 10 + step[2], address=(f"192.0.2.{step[2]}", 5))
+            key = (c.address[0], c.query_id)
+            if asked[key] > answered[key]:
+                continue  # still waiting: asking again is a repeat, tested elsewhere
+            asked[key] += 1
+            take(fwd.query(q, c, now))
+        elif step[0] == "wait":
+            now += step[1]
+            take(fwd.handle_timer(now))
+        elif outstanding:
+            sent = outstanding.pop()
+            kind = step[1]
+            if kind == "ok":
+                data = answer_to(sent, f"{dns.message.from_wire(sent.data).question[0].name} "
+                                       "300 A 192.0.2.80")
+            elif kind == "tc":
+                data = answer_to(sent, tc=True)
+            elif kind == "servfail":
+                data = answer_to(sent, rcode=dns.rcode.SERVFAIL)
+            else:
+                data = answer_to(sent, "x. 300 A 6.6.6.6", qid=(sent.query_id + 1) % 65536)
+            take(fwd.receive(data, sent.upstream, now, sent.transport))
+        assert fwd.pending <= 2
+    while fwd.get_timer() is not None:
+        now = max(now, fwd.get_timer())  # type: ignore[type-var]
+        take(fwd.handle_timer(now))
+    assert answered == asked

@@ -9,9 +9,12 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from astralboot.common.errors import AstralBootError
-from astralboot.services.dnsd.labels import host_label, unique_label
+from astralboot.common.names import MACHINE_NAME
+from astralboot.services.dnsd.labels import LABEL_MAX, host_label, unique_label
 from astralboot.services.dnsd.zone import Zone, ZoneError, ZoneFull, reverse_prefixes
 from dnstest import DOMAIN, SERVER_IP, SUBNETS, lab_zone
 
@@ -194,3 +197,44 @@ def _ptr(zone: Zone, ip: str) -> str | None:
     if found is None or found.rcode == dns.rcode.NXDOMAIN:
         return None
     return found.answer[0][0].to_text()
+
+
+# -- properties over any sequence of lease events -----------------------------------
+
+
+
+_MACS = [f"52:54:00:00:01:{i:02x}" for i in range(6)]
+_NAMES = st.one_of(st.sampled_from(["web", "WEB", "web-2", "astralboot", "bootsrv", "a.b",
+                                    "", "_", "x" * 63, "x" * 64]), st.text(max_size=12))
+_EVENTS = st.lists(st.tuples(st.sampled_from(_MACS), st.none() | _NAMES,
+                             st.integers(10, 13)), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_EVENTS)
+def test_any_lease_history_keeps_names_unique_and_answers_true(events: list) -> None:
+    zone = Zone(DOMAIN, "bootsrv", SERVER_IP, SUBNETS, max_hosts=4)
+    for mac, name, last in events:
+        serial = zone.serial
+        before = zone.host(mac)
+        if name is None:
+            zone.remove_host(mac)
+        else:
+            try:
+                zone.set_host(mac, name, f"192.0.2.{last}")
+            except ZoneFull:
+                assert before is None and len(zone) == 4
+        after = zone.host(mac)
+        assert (zone.serial != serial) is (before != after)
+        labels = [h.label for h in zone.hosts()]
+        assert len(set(labels)) == len(labels)
+        assert not {"astralboot", "bootsrv"} & set(labels)
+        for host in zone.hosts():
+            assert MACHINE_NAME.fullmatch(host.label) and len(host.label) <= LABEL_MAX
+            assert host.label == host.label.lower()
+            assert _a(zone, host.label) == [str(host.ip)]
+            assert _ptr(zone, str(host.ip)) in {f"{h.label}.{DOMAIN}." for h in zone.hosts()
+                                                if h.ip == host.ip}
+    for mac in _MACS:
+        zone.remove_host(mac)
+    assert len(zone) == 0 and _a(zone, "web") is None and _ptr(zone, "192.0.2.10") is None
