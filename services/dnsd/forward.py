@@ -107,18 +107,28 @@ class ToClient:
 Action = ToUpstream | ToClient
 
 
-def upstream_address(text: str | Address) -> Address:
-    """``"9.9.9.9"``, ``"9.9.9.9:5353"``, ``"[2620:fe::fe]:53"`` or a tuple, as (ip, port)."""
+def upstream_address(text: str | tuple) -> Address:
+    """``"9.9.9.9"``, ``"9.9.9.9:5353"``, ``"[2620:fe::fe]:53"`` or a socket
+    address tuple, as (ip, port); ``::ffff:9.9.9.9`` (a dual-stack socket's
+    form) is 9.9.9.9. ValueError if it is none of these."""
     if isinstance(text, tuple):
-        return (str(ipaddress.ip_address(text[0])), int(text[1]))
-    host, port = text, DNS_PORT
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else DNS_PORT
+        host, port = str(text[0]), int(text[1])
+    elif text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: not [address]:port")
+        port = int(rest[1:]) if rest else DNS_PORT
     elif text.count(":") == 1:
         host, _, p = text.partition(":")
         port = int(p)
-    return (str(ipaddress.ip_address(host)), port)
+    else:
+        host, port = text, DNS_PORT
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r}: port {port} out of range")
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (str(address), port)
 
 
 def answer_bytes(client: Client, sections: Sections) -> bytes:

@@ -358,14 +358,31 @@ def test_the_answer_is_truncated_to_the_clients_size() -> None:
     ("2620:fe::fe", ("2620:fe::fe", 53)),
     ("[2620:fe::fe]:5353", ("2620:fe::fe", 5353)),
     (("9.9.9.9", 53), ("9.9.9.9", 53)),
+    (("::ffff:9.9.9.9", 53, 0, 0), ("9.9.9.9", 53)),  # from a dual-stack socket
+    ("::ffff:9.9.9.9", ("9.9.9.9", 53)),
 ])
 def test_upstream_addresses(text: str, address: tuple[str, int]) -> None:
     assert upstream_address(text) == address
 
 
+@pytest.mark.parametrize("text", ["dns.google", "9.9.9.9:x", "[::1", "[::1]x", "300.1.1.1", "9.9.9.9:0"])
+def test_bad_upstream_addresses(text: str) -> None:
+    with pytest.raises(ValueError):
+        upstream_address(text)
+
+
 def test_needs_an_upstream() -> None:
     with pytest.raises(NoUpstream):
         Forwarder([])
+
+
+def test_reply_from_a_dual_stack_socket_matches() -> None:
+    fwd = forwarder()
+    q = question()
+    sent = one_send(fwd.query(q, client(q), 0.0))
+    [done] = fwd.receive(answer_to(sent, "www.example.com. 300 A 192.0.2.80"),
+                         ("::ffff:198.18.0.53", 53, 0, 0), 0.1)
+    assert isinstance(done, ToClient)
 
 
 # -- every client gets one answer, whatever happens ---------------------------------
