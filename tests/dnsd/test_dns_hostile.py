@@ -25,7 +25,6 @@ SEEDS = [
     query("lab.example", "ANY"),
 ]
 POLICY = lab_policy()
-_ERRORS = {"FORMERR", "NOTIMP", "NOTAUTH", "BADVERS", "REFUSED"}
 
 
 def _check(actions: list, data: bytes) -> None:
@@ -43,19 +42,30 @@ def _check(actions: list, data: bytes) -> None:
     assert len(action.data) <= 1232
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600), st.sampled_from(["udp", "tcp"]))
 def test_random_bytes(data: bytes, transport: str) -> None:
-    before = POLICY.stats["malformed"]
-    actions = POLICY.handle(data, CLIENT, 0.0, transport)  # type: ignore[arg-type]
+    policy = lab_policy()
+    actions = policy.handle(data, CLIENT, 0.0, transport)  # type: ignore[arg-type]
     _check(actions, data)
-    if isinstance(actions[0], Drop) or _is_error(actions[0]):
-        assert POLICY.stats["malformed"] >= before
+    [action] = actions
+    stats = policy.stats
+    if isinstance(action, Drop):
+        assert stats["malformed"] == 1 and stats[f"drop_{action.reason}"] == 1
+    elif _rcode(action) in _MALFORMED:
+        # counted as malformed, unless the type alone decided (a valid query)
+        assert stats["malformed"] + stats["bad_meta_type"] + stats["bad_mail_type"] == 1
+        assert stats[f"rcode_{_rcode(action).lower()}"] == 1
+    else:
+        assert stats["malformed"] == 0  # bytes that happen to make a good query
 
 
-def _is_error(action: object) -> bool:
-    return isinstance(action, Reply) and dns.rcode.to_text(
-        dns.message.from_wire(action.data).rcode()) in _ERRORS
+def _rcode(action: object) -> str:
+    assert isinstance(action, Reply)
+    return dns.rcode.to_text(dns.message.from_wire(action.data).rcode())
+
+
+_MALFORMED = {"FORMERR", "NOTIMP", "NOTAUTH", "BADVERS"}
 
 
 def mutate(draw: st.DrawFn, seed: bytes) -> bytes:
