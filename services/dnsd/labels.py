@@ -9,8 +9,11 @@ means no record.
 
 A label already held by another host gets the first free numeric suffix,
 ``web``, ``web-2``, ``web-3``..., cut so that label and suffix still fit in
-63 (the way dnsmasq keeps two clients that both say ``localhost`` apart,
-but deterministic: the suffix depends only on what is taken at the time).
+63; the suffix depends only on what is taken at the time. (dnsmasq instead
+moves a name to the newest lease that asks for it, unless the older one's
+name came from its configuration; here a client's DHCP request never takes
+a running machine's name, and :class:`zone.Zone` lets only a name the
+operator chose take a label back from a host that named itself.)
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
 import dns.exception
@@ -69,6 +69,7 @@ class Host:
     wanted: str  # the label its name cleans to
     label: str  # the label it holds: ``wanted``, or ``wanted-N`` when that was taken
     ip: IPv4Address
+    fixed: bool = False  # the operator chose the name (a reservation, a machine's name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +153,16 @@ class Zone:
 
     # -- hosts ----------------------------------------------------------------
 
-    def set_host(self, mac: str, name: str | None, ip: IPv4Address | str) -> str | None:
+    def set_host(self, mac: str, name: str | None, ip: IPv4Address | str, *,
+                 fixed: bool = False) -> str | None:
         """Give the host at ``mac`` the name and address; the label it got, or
-        None (no usable name: no record, and any old one is gone)."""
+        None (no usable name: no record, and any old one is gone).
+
+        ``fixed``: the operator chose the name (a reservation, a machine's
+        name in the store), so it takes its label back from a host that only
+        named itself over DHCP, which moves to the next free ``-N``. A name
+        a client chose never displaces another host.
+        """
         mac = mac.lower()
         wanted = host_label(name)
         address = IPv4Address(ip)
@@ -162,22 +170,33 @@ class Zone:
         if wanted is None:
             self.remove_host(mac)
             return None
-        if old is not None and old.wanted == wanted and old.ip == address:
+        if old is not None and (old.wanted, old.ip, old.fixed) == (wanted, address, fixed):
             return old.label  # a renewal: nothing changes, nor does the serial
         if old is None and len(self._hosts) >= self.max_hosts:
             raise ZoneFull(mac, self.max_hosts)
         if old is not None:
             self._forget(old)
-        # A host keeps the label it holds as long as it asks for the same
-        # name: a name taken later by another never moves it.
-        if old is not None and old.wanted == wanted and old.label not in self._by_label:
+        holder = self._by_label.get(wanted)
+        displaced = holder if fixed and holder is not None and holder.mac and not holder.fixed \
+            else None
+        if displaced is not None:
+            label = wanted
+        elif old is not None and old.wanted == wanted and old.label not in self._by_label:
+            # A host keeps the label it holds as long as it asks for the
+            # same name: a name taken later by another never moves it.
             label = old.label
         else:
             label = unique_label(wanted, self._by_label)
-        host = Host(mac, wanted, label, address)
+        host = Host(mac, wanted, label, address, fixed)
         self._hosts[mac] = host
         self._by_label[label] = host
         self._ptr[address] = host
+        if displaced is not None:
+            moved = replace(displaced, label=unique_label(displaced.wanted, self._by_label))
+            self._hosts[moved.mac] = moved
+            self._by_label[moved.label] = moved
+            if self._ptr.get(moved.ip) is displaced:
+                self._ptr[moved.ip] = moved
         self._changed()
         return label
 

@@ -65,6 +65,25 @@ def test_duplicate_names_get_numbered_suffixes_in_order() -> None:
     assert zone.host("52:54:00:00:00:02").label == "node-2"
 
 
+def test_an_operators_name_takes_its_label_back() -> None:
+    zone = Zone(DOMAIN, None, SERVER_IP, SUBNETS)
+    assert zone.set_host("52:54:00:00:00:01", "db", "192.0.2.10") == "db"  # over DHCP
+    serial = zone.serial
+    # a reservation named db: the operator's choice wins, the client moves
+    assert zone.set_host("52:54:00:00:00:02", "db", "192.0.2.11", fixed=True) == "db"
+    assert zone.host("52:54:00:00:00:01").label == "db-2"
+    assert zone.serial == serial + 1
+    assert _a(zone, "db") == ["192.0.2.11"] and _a(zone, "db-2") == ["192.0.2.10"]
+    assert _ptr(zone, "192.0.2.10") == "db-2.lab.example."
+    # a client asking for it now gets a number; so does a second fixed name
+    assert zone.set_host("52:54:00:00:00:03", "db", "192.0.2.12") == "db-3"
+    assert zone.set_host("52:54:00:00:00:04", "DB", "192.0.2.13", fixed=True) == "db-4"
+    # the same host becoming fixed takes the label from a self-named holder
+    assert zone.set_host("52:54:00:00:00:03", "db", "192.0.2.12", fixed=True) == "db-3"
+    assert zone.remove_host("52:54:00:00:00:02")
+    assert zone.set_host("52:54:00:00:00:04", "db", "192.0.2.13", fixed=True) == "db-4"
+
+
 def test_renewal_keeps_label_and_serial() -> None:
     zone = lab_zone()
     serial = zone.serial
@@ -207,25 +226,24 @@ _MACS = [f"52:54:00:00:01:{i:02x}" for i in range(6)]
 _NAMES = st.one_of(st.sampled_from(["web", "WEB", "web-2", "astralboot", "bootsrv", "a.b",
                                     "", "_", "x" * 63, "x" * 64]), st.text(max_size=12))
 _EVENTS = st.lists(st.tuples(st.sampled_from(_MACS), st.none() | _NAMES,
-                             st.integers(10, 13)), max_size=30)
+                             st.integers(10, 13), st.booleans()), max_size=30)
 
 
 @settings(max_examples=300, deadline=None)
 @given(_EVENTS)
 def test_any_lease_history_keeps_names_unique_and_answers_true(events: list) -> None:
     zone = Zone(DOMAIN, "bootsrv", SERVER_IP, SUBNETS, max_hosts=4)
-    for mac, name, last in events:
+    for mac, name, last, fixed in events:
         serial = zone.serial
-        before = zone.host(mac)
+        before = set(zone.hosts())
         if name is None:
             zone.remove_host(mac)
         else:
             try:
-                zone.set_host(mac, name, f"192.0.2.{last}")
+                zone.set_host(mac, name, f"192.0.2.{last}", fixed=fixed)
             except ZoneFull:
-                assert before is None and len(zone) == 4
-        after = zone.host(mac)
-        assert (zone.serial != serial) is (before != after)
+                assert zone.host(mac) is None and len(zone) == 4
+        assert (zone.serial != serial) is (set(zone.hosts()) != before)  # every change, only then
         labels = [h.label for h in zone.hosts()]
         assert len(set(labels)) == len(labels)
         assert not {"astralboot", "bootsrv"} & set(labels)
