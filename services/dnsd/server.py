@@ -21,6 +21,13 @@ no decisions (those are :class:`policy.DnsPolicy`'s and
 Nothing a client sends can stop the server: every exception while handling
 a query is counted (``errors``) and logged, rate-limited per sender by
 :class:`SenderLimit`, never raised out of a socket callback.
+
+Besides the policy's and the forwarder's counters (one ``stats`` shared by
+all three): ``errors``, ``udp_recv_errors``, ``udp_send_errors``,
+``tcp_accepted``, ``tcp_refused`` (over ``tcp_clients``), ``tcp_idle_closed``,
+``tcp_oversize``, ``tcp_backlog_closed``, ``tcp_gone`` (an answer for a
+connection already closed), ``upstream_socket_errors``,
+``upstream_send_errors``, ``upstream_recv_errors``, ``upstream_tcp_errors``.
 """
 
 from __future__ import annotations
@@ -214,7 +221,7 @@ class DnsServer:
     def details(self) -> dict[str, str | int | float | bool]:
         out: dict[str, str | int | float | bool] = {
             "hosts": len(self.zone), "serial": self.zone.serial,
-            "tcp_connections": len(self._tcp), "upstream_sockets": len(self._up_udp),
+            "tcp_open": len(self._tcp), "upstream_sockets": len(self._up_udp),
             "log.held_back": self._limit.suppressed_total}
         if self.forwarder is not None:
             out["forward_pending"] = self.forwarder.pending
@@ -448,7 +455,7 @@ class DnsServer:
                        len(self._tcp))
             writer.transport.abort()
             return
-        self.stats["tcp_connections"] += 1
+        self.stats["tcp_accepted"] += 1
         self._tcp[client] = _TcpClient(writer, client)
         try:
             while True:

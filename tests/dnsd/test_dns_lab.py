@@ -177,3 +177,32 @@ def test_hostile_datagrams_do_not_stop_it(dns_lab: DnsLab) -> None:
     assert stats["queries"] >= sent  # every datagram was looked at
     assert stats["malformed"] >= 10 and stats["drop_oversize"] >= 2
     assert stats["tcp_oversize"] == 1
+
+
+TCP_LIMITS = r"""
+import socket, sys, time
+server = (sys.argv[1], int(sys.argv[2]))
+held = [socket.create_connection(server, timeout=5) for _ in range(2)]
+time.sleep(0.3)
+extra = socket.create_connection(server, timeout=5)  # over the bound: closed at once
+assert extra.recv(10) == b"", "third connection left open"
+start = time.monotonic()
+for s in held:  # idle: closed after tcp_idle (1 s here)
+    assert s.recv(10) == b""
+print(round(time.monotonic() - start, 2))
+"""
+
+
+def test_tcp_connections_are_bounded_and_idle_ones_closed(lab: Lab, short_tmp: Path) -> None:
+    client = lab.add_host("c1", CLIENT)
+    settings = {"address": SERVER, "port": 53, "domain": DOMAIN, "server_name": None,
+                "subnets": ["192.0.2.0/24"], "clients": ["192.0.2.0/24"], "hosts": HOSTS,
+                "server": {"tcp_clients": 2, "tcp_idle": 1.0}}
+    with DnsdProcess(lab.server, settings, short_tmp / "dnsd.log") as dnsd:
+        proc = client.ns.run([sys.executable, "-c", TCP_LIMITS, SERVER, str(dnsd.port)])
+        assert float(proc.stdout) < 3.0
+        out = dig(client.ns, SERVER, "+tcp", "web1.lab.example")  # room again
+        assert answers(out) == ["web1.lab.example. A 192.0.2.10"]
+        stats = dnsd.stats()
+        assert stats["tcp_refused"] == 1 and stats["tcp_idle_closed"] == 2
+        assert stats["tcp_accepted"] == 3 and stats["tcp_open"] == 0
