@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -50,6 +49,7 @@ from astralboot.common.errors import BusError, ErrorCode, RemoteError
 from astralboot.common.messages import (BootEvent, Health, HealthReply, LeaseList,
                                         LeaseListReply, LeaseLookup, LeaseRecord, LeaseReply,
                                         MachineList, MachineListReply, MachineRecord)
+from astralboot.common.names import DEFAULT_MACHINE_NAME
 from astralboot.services.dnsd.zone import Zone, ZoneFull
 
 if TYPE_CHECKING:
@@ -64,13 +64,12 @@ RETRY_MAX = 30.0
 QUEUE_MAX = 10_000  # events waiting; past it they are dropped and a sync is due
 SUBSCRIBE_TIMEOUT = 2.0
 POLL = 0.2  # how often the listener thread looks at its stop flag
-_STORE_NAME = re.compile(r"node\d+(?:-\d+)?")  # services/store/machines.py's default names
 
 
 def chosen_name(lease: LeaseRecord, machine: MachineRecord | None) -> tuple[str | None, bool]:
     """The host's name and whether the operator chose it (``fixed``)."""
     if machine is not None and machine.name:
-        return machine.name, _STORE_NAME.fullmatch(machine.name) is None
+        return machine.name, DEFAULT_MACHINE_NAME.fullmatch(machine.name) is None
     return lease.hostname, False
 
 
