@@ -15,6 +15,8 @@ import re
 
 HOSTNAME_MAX = 253  # RFC 1035: the longest name; the lease column holds 255
 MACHINE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # one DNS label
+# The names the store makes up for a machine (nodeN, nodeN-M); any other was chosen.
+DEFAULT_MACHINE_NAME = re.compile(r"node(\d+)(?:-\d+)?")
 WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # an OS or class folder name
 LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 LABELS_MAX = 32

@@ -17,7 +17,13 @@ The I/O-free core, one job per module:
 - ``forward``: the forwarder's questions to the upstream servers: ids,
   retries over the list, TCP after truncation, coalescing, SERVFAIL at the end.
 
-None of them opens a socket, reads a clock or logs: the server (a later
-step) passes ``now`` in and carries the bytes, the store's lease events
-drive :meth:`zone.Zone.set_host`/:meth:`zone.Zone.remove_host`.
+None of them opens a socket, reads a clock or logs. Around them:
+
+- ``server``: the sockets (UDP and TCP for clients, a fresh UDP socket per
+  upstream question, TCP upstream when asked) and one timer; it passes
+  ``now`` in and carries the bytes.
+- ``feed``: the store's leases, machines and events drive
+  :meth:`zone.Zone.set_host`/:meth:`zone.Zone.remove_host`.
+
+Neither is configured nor started by ``astralboot serve`` yet.
 """

@@ -8,20 +8,18 @@ Names are unique; the database's unique constraint backs that up.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from astralboot.common.errors import ErrorCode
 from astralboot.common.messages import MachineRecord, MachineSet
+from astralboot.common.names import DEFAULT_MACHINE_NAME as _NODE
 from astralboot.common.names import MACHINE_NAME as _LABEL
 from astralboot.common.names import WORD as _WORD
 from astralboot.common.names import label_problem
 
 from astralboot.services.store.journal import MachineWrite
 from astralboot.services.store.leases import Refusal
-
-_NODE = re.compile(r"node(\d+)(?:-\d+)?")
 
 
 @dataclass(slots=True, eq=False)
