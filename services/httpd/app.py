@@ -26,6 +26,7 @@ from astralboot.services.httpd.errors import BadInput, BadTemplate, Unserved
 from astralboot.services.httpd.metrics import Metrics, MetricsMiddleware, MetricsResource
 from astralboot.services.httpd.render import Renderer
 from astralboot.services.httpd.reporting import Reporter
+from astralboot.services.httpd.retired import add_retired
 from astralboot.services.httpd.storeclient import StoreClient
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ def create_app(store: StoreClient, config: Config, *, metrics: Metrics | None = 
     app.add_route("/api/content", api.ContentResource(store))
     app.add_route("/api/health", api.HealthResource(config, store, lambda: _details(reporter)))
     app.add_route("/metrics", MetricsResource(metrics, lambda: _lease_counts(store)))
+    add_retired(app)  # the original's rkt and spawn routes: 410 with the reason
 
     app.add_error_handler(BusTimeout, _unavailable)
     app.add_error_handler(RemoteError, _coded)

@@ -131,6 +131,15 @@ def test_if_none_match_is_304(site: tuple[Stack, int, Path]) -> None:
     assert headers(r.stdout)[0] == 304
 
 
+def test_the_originals_rkt_and_spawn_links_are_410_with_the_reason(
+        site: tuple[Stack, int, Path]) -> None:
+    _, port, _ = site
+    r = curl("-D", "-", url(port, "/spawn/unit/ipfs"))
+    status, _ = headers(r.stdout)
+    assert status == 410
+    assert b"the spawn unit API is retired (fleet is archived upstream)" in r.stdout
+
+
 def test_a_leased_machine_boots_and_every_stage_is_recorded(
         site: tuple[Stack, int, Path]) -> None:
     stack, port, _ = site
