@@ -39,7 +39,19 @@ LEGACY_KEYS = {
     "Data": "data",
     "IPFS": "ipfs.enabled",
 }
-LEGACY_IGNORED = {"Spawn", "ref", "Subnet", "DBname"}
+# Ignored with a warning that says why: what the original computed at start
+# (Subnet, OSList), kept elsewhere now (ref and Refs are refs.toml's; DBname's
+# machines.json is imported), or served by nothing in this version (Spawn;
+# UpstreamDNS until the DNS service is configured).
+LEGACY_IGNORED = {
+    "Spawn": "the spawn API is retired",
+    "ref": "boot files' root CID is read from refs.toml",
+    "Refs": "boot files' root CID is read from refs.toml",
+    "Subnet": "the netmask comes from [network]",
+    "OSList": "OS folders are read from the data folder",
+    "DBname": "import it with `astralboot leases import`",
+    "UpstreamDNS": "this version runs no DNS forwarder yet",
+}
 # Seconds the rogue-server guard listens. Servers that ping an address before
 # offering it answer a new client late (dnsmasq after about 3 s, ISC dhcpd
 # after 1 s), so the guard waits longer than either.
@@ -429,14 +441,19 @@ def _translate_legacy(raw: dict[str, Any], warnings: list[str], file: Path) -> N
         if old not in raw:
             continue
         value = raw.pop(old)
+        if value == "":
+            # The original read an empty value as "unset": its default
+            # (Domain, Data) is what this version's default is too.
+            warnings.append(f"{file}: {old}: empty, the default is used")
+            continue
         section, _, key = new.rpartition(".")
         target = raw.setdefault(section, {}) if section else raw
         if isinstance(target, dict) and key not in target:
             target[key] = value
         warnings.append(f"{file}: {old}: old name, read as {new}")
-    for old in LEGACY_IGNORED & raw.keys():
+    for old in LEGACY_IGNORED.keys() & raw.keys():
         raw.pop(old)
-        warnings.append(f"{file}: {old}: not used any more, ignored")
+        warnings.append(f"{file}: {old}: not used any more, ignored ({LEGACY_IGNORED[old]})")
 
 
 def _subnet(t: Table, network: IPv4Network | None, gateway: IPv4Address | None,

@@ -164,6 +164,22 @@ def test_the_original_servers_config_keys_still_work(short_tmp: Path) -> None:
     assert any("ref" in w and "ignored" in w for w in config.warnings)
 
 
+def test_a_config_the_original_wrote_loads_with_its_defaults(short_tmp: Path) -> None:
+    # The original's setup saved its whole Config: empty strings for unset
+    # keys, the tables it computed, and keys this version has no use for.
+    path = write(short_tmp, 'interface = "br0"\nBaseIP = "192.0.2.1"\nDomain = ""\n'
+                 'Data = ""\nSpawn = false\nDBname = "./machines.json"\n'
+                 'UpstreamDNS = "198.18.0.53"\nSubnet = "255.255.255.0"\nIPFS = false\n'
+                 '[Refs]\nboot = "Qm..."\n[OSList.debian]\nName = "debian"\n')
+    config = load(path)
+    assert config.domain == "astral.lan"  # the default, not an error
+    assert config.data == short_tmp / "data"  # ./data next to the config, not the folder
+    assert any("Domain: empty, the default is used" in w for w in config.warnings)
+    for key, why in (("UpstreamDNS", "no DNS forwarder"), ("Refs", "refs.toml"),
+                     ("OSList", "data folder"), ("Spawn", "retired")):
+        assert any(w.split(": ")[1] == key and why in w for w in config.warnings), key
+
+
 def test_durations_accept_units(short_tmp: Path) -> None:
     config = load(write(short_tmp, BASE + '[dhcp]\nlease_time = "12h"\noffer_hold = "45s"\n'))
     assert config.dhcp.lease_time == 43200 and config.dhcp.offer_hold == 45
