@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.bus.events import EventSubscriber, boot_event
 from astralboot.common.messages import (BootEvent, Done, ErrorReply, EventList, EventListReply,
                                         EventReport, Health, HealthReply, ImportedLease, ImportReply, LeaseCommit,
@@ -174,6 +177,33 @@ def test_an_event_by_address_goes_to_the_machine_holding_the_lease(
     health = rules_store.call(Health())
     assert isinstance(health, HealthReply)
     assert dict(health.details)["events.no_lease"] == 1  # 192.0.2.251: nobody's
+
+
+def test_many_front_ends_reporting_by_address_at_once_each_name_the_right_machine(
+        rules_store: StoreLab) -> None:
+    # 24 machines, 4 reporters at once (tftpd and httpd workers), every event
+    # carrying only an address: each must land on the MAC holding that address.
+    holders = {bind(rules_store, mac).ip: mac for mac in (new_mac() for _ in range(24))}
+    ips = list(holders)
+
+    def report(worker: int) -> None:
+        with SyncBusClient(rules_store.config.bus.endpoint) as bus:
+            for ip in ips[worker::4]:
+                bus.notify(boot_event("tftpd", "tftp.sent", None, ip, f"from {ip}"))
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(report, range(4)))
+    for ip, mac in holders.items():
+        deadline = time.monotonic() + 10
+        while True:
+            listed = rules_store.call(EventList(mac=mac))
+            assert isinstance(listed, EventListReply)
+            sent = [e for e in listed.events if e.stage == "tftp.sent"]
+            if sent or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [(e.mac, e.ip, e.detail) for e in sent] == [(mac, ip, f"from {ip}")]
+    for ip, mac in holders.items():  # the pool as it was for the tests after this one
+        assert isinstance(rules_store.call(LeaseRelease(mac=mac, ip=ip)), Done)
 
 
 def test_a_bad_event_is_dropped_without_a_reply(rules_store: StoreLab) -> None:
