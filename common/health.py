@@ -14,7 +14,7 @@ from typing import Any
 
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.bus.security import ClientCurve, local_curve
-from astralboot.common.config import SERVICES, Config
+from astralboot.common.config import Config
 from astralboot.common.errors import AstralBootError, StartupError
 from astralboot.common.messages import Health, HealthReply
 
@@ -88,8 +88,10 @@ def check(config: Config, service: str, timeout: float = 2.0) -> ServiceHealth:
     return _bus_health(service, config.control_endpoint(service), timeout)
 
 
-def check_all(config: Config, services: tuple[str, ...] = SERVICES,
+def check_all(config: Config, services: tuple[str, ...] | None = None,
               timeout: float = 2.0) -> list[ServiceHealth]:
-    """Every service's health, asked in parallel so the wait is one deadline."""
+    """Every service's health (default: those ``config`` runs), asked in parallel
+    so the wait is one deadline."""
+    services = services or config.services
     with ThreadPoolExecutor(max_workers=len(services)) as pool:
         return list(pool.map(lambda s: check(config, s, timeout), services))

@@ -5,14 +5,15 @@ store is a CURVE server: every connection is encrypted, and a ZAP handler
 admits only the client public keys kept under ``[bus] keys``/``clients/``,
 each named and given a role. The store then takes from each peer only the
 requests its role needs: dhcpd leases, tftpd content, httpd content and
-machines, the CLI (``admin``) everything.
+machines, dnsd the lease and machine lists it names hosts from, the CLI
+(``admin``) everything.
 
 The key folder, beside config.toml unless ``[bus] keys`` says otherwise::
 
     keys/store.key        the store's pair (secret: on the store's host only)
     keys/store.pub        the store's public key (every client host has a copy)
     keys/ROLE.key         this host's client pair for a role (dhcpd, tftpd,
-                          httpd, admin), used by that service or the CLI
+                          httpd, dnsd, admin), used by that service or the CLI
     keys/clients/NAME.pub the clients the store admits, with their roles
 
 ``astralboot keys setup`` makes the store's pair and one admitted pair per
@@ -41,7 +42,7 @@ from astralboot.common.logs import SenderLimit
 
 log = logging.getLogger(__name__)
 
-ROLES = ("store", "dhcpd", "tftpd", "httpd", "admin")
+ROLES = ("store", "dhcpd", "tftpd", "httpd", "dnsd", "admin")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"astralboot"
 CLIENTS = "clients"
@@ -57,6 +58,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "tftpd": frozenset(_CONTENT | {"lease.lookup"}),
     "httpd": frozenset(_CONTENT | {"lease.lookup", "lease.list", "machine.get", "machine.set",
                                    "machine.list", "event.list", "token.check"}),
+    "dnsd": frozenset({"lease.lookup", "lease.list", "machine.list"}),
     "store": frozenset(),
 }
 EVERYONE = frozenset({"health", "event.report", "event.subscribe"})
@@ -182,7 +184,7 @@ def local_curve(config: Config) -> ClientCurve | None:
     """Any client key this host has (admin first): for health, which every role may ask."""
     if not secured(config):
         return None
-    for role in ("admin", "httpd", "tftpd", "dhcpd"):
+    for role in ("admin", "httpd", "tftpd", "dhcpd", "dnsd"):
         if (config.bus.keys / f"{role}.key").exists():
             return client_curve(config, role)
     return client_curve(config, "admin")  # raises, naming the file that is missing

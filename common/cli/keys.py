@@ -9,7 +9,7 @@ from astralboot.common.bus import security
 from astralboot.common.config import load
 from astralboot.common.cli.options import add_common_options
 
-LOCAL_ROLES = ("dhcpd", "tftpd", "httpd", "admin")
+LOCAL_ROLES = ("dhcpd", "tftpd", "httpd", "dnsd", "admin")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

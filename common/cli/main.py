@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "dhcpd": "astralboot.common.cli.services:cmd_dhcpd",
     "tftpd": "astralboot.common.cli.services:cmd_tftpd",
     "httpd": "astralboot.common.cli.services:cmd_httpd",
+    "dnsd": "astralboot.common.cli.services:cmd_dnsd",
     "status": "astralboot.common.cli.status:cmd_status",
     "events": "astralboot.common.cli.status:cmd_events",
     "leases": "astralboot.common.cli.admin:cmd_leases",
@@ -45,7 +46,7 @@ COMMANDS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="astralboot",
-        description="Network boot server: DHCP, TFTP and HTTP from power-on to an "
+        description="Network boot server: DHCP, TFTP, HTTP and DNS from power-on to an "
                     "unattended OS install.")
     parser.add_argument("--version", action="version", version=f"astralboot {__version__}")
     add_common_options(parser, top=True)
@@ -60,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    status, supervise, tokens)
     setup.add_init_arguments(add("init", "write config.toml, by questions or by flags"))
     setup.add_config_arguments(add("config", "show the effective configuration"))
-    supervise.add_arguments(add("serve", "run all four services in the foreground"))
+    supervise.add_arguments(add("serve", "run every configured service in the foreground"))
     for name, what in (("store", "the lease database and content store"),
                        ("dhcpd", "the DHCP server"), ("tftpd", "the TFTP server"),
-                       ("httpd", "the HTTP server (gunicorn)")):
+                       ("httpd", "the HTTP server (gunicorn)"),
+                       ("dnsd", "the DNS server ([dns] in config.toml)")):
         add(name, f"run only {what} (for supervisord and systemd)")
     status.add_status_arguments(add("status", "ask every service for its health"))
     status.add_events_arguments(add("events", "list or follow boot events"))

@@ -1,4 +1,4 @@
-"""``astralboot store|dhcpd|tftpd|httpd``: one service in the foreground.
+"""``astralboot store|dhcpd|tftpd|httpd|dnsd``: one service in the foreground.
 
 The CLI (``common/cli/``) is the top layer: the only part of ``common/`` that
 knows the services. It imports each only when its command runs, so that
@@ -24,6 +24,7 @@ ENTRY_POINTS = {
     "dhcpd": "astralboot.services.dhcpd.server",
     "tftpd": "astralboot.services.tftpd.server",
     "httpd": "astralboot.services.httpd.server",
+    "dnsd": "astralboot.services.dnsd.service",
 }
 
 
@@ -61,3 +62,7 @@ def cmd_tftpd(args: argparse.Namespace) -> int:
 
 def cmd_httpd(args: argparse.Namespace) -> int:
     return run_service("httpd", args)
+
+
+def cmd_dnsd(args: argparse.Namespace) -> int:
+    return run_service("dnsd", args)

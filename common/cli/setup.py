@@ -19,8 +19,9 @@ from typing import Any, Callable, TextIO
 
 from astralboot.common import netif, tokens
 from astralboot.common.config import load, render, render_settings
-from astralboot.common.config.load import (default_range, p_multiaddr, p_os_name, p_password_hash, p_range,
-                           resolve_database)
+from astralboot.common.config.load import (RESOLV_CONF, default_range, p_multiaddr, p_os_name,
+                                           p_password_hash, p_range, p_upstream,
+                                           resolv_conf_servers, resolve_database)
 from astralboot.common.cli.datafolder import create as create_data_folder
 from astralboot.common.errors import ConfigError, StartupError
 from astralboot.common.passwords import new_password, sha512_crypt
@@ -51,7 +52,15 @@ def add_init_arguments(p: argparse.ArgumentParser) -> None:
     ipfs.add_argument("--no-ipfs", dest="ipfs", action="store_false",
                       help="serve boot files from the local data folder")
     p.add_argument("--ipfs-api", metavar="MULTIADDR", help="e.g. /ip4/127.0.0.1/tcp/5001")
-    p.add_argument("--dns", action="append", help="DNS server given to clients (repeatable)")
+    p.add_argument("--dns-server", dest="dns_server", action=argparse.BooleanOptionalAction,
+                   default=None, help="run AstralBoot's DNS server (dnsd): names for every "
+                   "machine, the rest forwarded; clients are told to use it (default: yes, "
+                   "unless --dns is given)")
+    p.add_argument("--upstream-dns", action="append", metavar="ADDRESS",
+                   help="where dnsd forwards what is not the boot network's (repeatable; "
+                        "default: this host's /etc/resolv.conf)")
+    p.add_argument("--dns", action="append",
+                   help="DNS server given to clients instead of dnsd (repeatable)")
     p.add_argument("--gateway", help="router given to clients (default: this server)")
     p.add_argument("--domain", help="DNS domain given to clients")
     p.add_argument("--db", metavar="URL", help="sqlite:///PATH or postgresql://...")
@@ -135,6 +144,10 @@ def _ips(v: str) -> list[str]:
     return [_ip(x.strip()) for x in v.replace(",", " ").split()]
 
 
+def _upstreams(v: str) -> list[str]:
+    return [p_upstream(x) for x in v.replace(",", " ").split()]
+
+
 def _range_text(v: str) -> str:
     start, end = p_range(v)
     return f"{start}-{end}"
@@ -177,7 +190,15 @@ def _interactive(args: argparse.Namespace, asker: Asker) -> None:
     if args.ipfs and args.ipfs_api is None:
         args.ipfs_api = asker.ask("IPFS API address (multiaddr)", "/ip4/127.0.0.1/tcp/5001",
                                   p_multiaddr)
-    if args.dns is None:
+    if args.dns_server is None and args.dns is None:
+        args.dns_server = asker.yes_no(
+            "Run a DNS server here (a name for every machine; the rest is forwarded)?", True)
+    if args.dns_server and args.upstream_dns is None:
+        found = resolv_conf_servers(RESOLV_CONF)
+        answer = asker.ask("Upstream DNS server(s) it forwards to (empty: none)",
+                           ", ".join(found) or None, lambda v: (_upstreams(v), v)[1])
+        args.upstream_dns = [answer]
+    if not args.dns_server and args.dns is None:
         args.dns = asker.ask("DNS server(s) for clients", args.address, _ips)
     if args.gateway is None:
         args.gateway = asker.ask("Gateway (router) for clients", args.address, _ip)
@@ -209,14 +230,18 @@ SYSTEM_PATHS = {
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     dns = [ip for entry in args.dns for ip in _ips(entry)] if args.dns else None
+    upstream = ([u for entry in args.upstream_dns for u in _upstreams(entry)]
+                if args.upstream_dns is not None else None)
+    # --dns names the clients' resolver: that is "no dnsd" unless asked for both.
+    dns_server = args.dns_server if args.dns_server is not None else (False if dns else None)
     system = SYSTEM_PATHS if args.system else {}
     return {
         **{k: v for k, v in system.items() if k not in ("data", "store.database")},
         "interface": args.interface,
         "address": args.address,
         "gateway": args.gateway,
-        "dns": dns,
         "domain": args.domain,
+        "dhcp.dns": dns,
         "data": args.data or system.get("data"),
         "dhcp.range": args.range_,
         "dhcp.proxy": True if args.proxy else None,
@@ -227,6 +252,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "store.database": args.db or system.get("store.database"),
         "menu.default": args.menu_default,
         "install.password_hash": args.password_hash,
+        "dns.enabled": dns_server,
+        "dns.upstream": upstream,
     }
 
 

@@ -40,7 +40,7 @@ def _summary(h: ServiceHealth) -> str:
     if not h.up:
         return h.error or "no answer"
     keys = [k for k in ("leases.bound", "leases.offered", "packets", "transfers", "requests",
-                        "events") if k in h.details]
+                        "events", "queries", "hosts", "feed.synced") if k in h.details]
     parts = [f"{k}={h.details[k]}" for k in keys]
     if h.details.get("ready") is False:
         parts.insert(0, "starting")
@@ -49,7 +49,7 @@ def _summary(h: ServiceHealth) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = load(args.config)
-    services = tuple(args.service) if args.service else SERVICES
+    services = tuple(args.service) if args.service else config.services
     results = check_all(config, services, args.timeout)
     deadline = time.monotonic() + args.wait
     while not all(h.ready for h in results) and time.monotonic() < deadline:

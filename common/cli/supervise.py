@@ -1,4 +1,5 @@
-"""``astralboot serve``: all four services as supervised child processes.
+"""``astralboot serve``: every configured service as a supervised child process
+(store, dhcpd, tftpd, httpd, and dnsd unless ``[dns] enabled = false``).
 
 The store starts first and must answer its health check before the front
 ends start. While running, a child that dies is restarted with exponential
@@ -40,7 +41,8 @@ STOP_GRACE = 10.0
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", choices=SERVICES, metavar="SERVICE",
-                   help="run only these services (repeatable; default: all four)")
+                   help="run only these services (repeatable; default: every one the "
+                        "configuration runs)")
 
 
 def _die_with_parent() -> None:
@@ -172,7 +174,7 @@ class Supervisor:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args, "serve")
-    services = tuple(args.only) if args.only else SERVICES
+    services = tuple(args.only) if args.only else config.services
     sup = Supervisor(config, services, args.verbose)
 
     def on_signal(signum: int, _frame: object) -> None:

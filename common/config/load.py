@@ -13,6 +13,7 @@ import difflib
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Callable, TypeVar
 from astralboot.common import netif
 from astralboot.common.errors import ConfigError, ConfigErrors
 from astralboot.common.names import MACHINE_NAME
-from astralboot.common.config.model import (AdminConfig, BusConfig, Config, DhcpConfig, HttpConfig, InstallConfig,
+from astralboot.common.config.model import (AdminConfig, BusConfig, Config, DhcpConfig, DnsConfig, HttpConfig, InstallConfig,
                     IpfsConfig, MenuConfig, ReservationConfig, ServiceConfig, StoreConfig,
                     SubnetConfig, TftpConfig)
 
@@ -34,15 +35,15 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LEGACY_KEYS = {
     "BaseIP": "address",
     "Gateway": "gateway",
-    "DNSServer": "dns",
+    "DNSServer": "dhcp.dns",
     "Domain": "domain",
     "Data": "data",
     "IPFS": "ipfs.enabled",
+    "UpstreamDNS": "dns.upstream",
 }
 # Ignored with a warning that says why: what the original computed at start
 # (Subnet, OSList), kept elsewhere now (ref and Refs are refs.toml's; DBname's
-# machines.json is imported), or served by nothing in this version (Spawn;
-# UpstreamDNS until the DNS service is configured).
+# machines.json is imported), or served by nothing in this version (Spawn).
 LEGACY_IGNORED = {
     "Spawn": "the spawn API is retired",
     "ref": "boot files' root CID is read from refs.toml",
@@ -50,12 +51,13 @@ LEGACY_IGNORED = {
     "Subnet": "the netmask comes from [network]",
     "OSList": "OS folders are read from the data folder",
     "DBname": "import it with `astralboot leases import`",
-    "UpstreamDNS": "this version runs no DNS forwarder yet",
 }
 # Seconds the rogue-server guard listens. Servers that ping an address before
 # offering it answer a new client late (dnsmasq after about 3 s, ISC dhcpd
 # after 1 s), so the guard waits longer than either.
 ROGUE_LISTEN = 5.0
+# Where dnsd's upstream servers come from when [dns] upstream is not set.
+RESOLV_CONF = Path("/etc/resolv.conf")
 
 
 class Table:
@@ -205,6 +207,71 @@ def p_ips(v: Any) -> tuple[IPv4Address, ...]:
     if not isinstance(v, list) or not v:
         raise ValueError("must be an address or a non-empty array of addresses")
     return tuple(p_ip(x) for x in v)
+
+
+def p_ips_or_none(v: Any) -> tuple[IPv4Address, ...]:
+    """Like :func:`p_ips`, but ``[]`` is allowed: none at all."""
+    if isinstance(v, list) and not v:
+        return ()
+    return p_ips(v)
+
+
+def p_upstream(v: Any) -> str:
+    """A DNS server to forward to: ``IP``, ``IP:PORT``, ``IPv6`` or ``[IPv6]:PORT``."""
+    text = p_str(v).strip()
+    host, port = text, ""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not [IPv6]:PORT")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an address like 192.0.2.53, 192.0.2.53:5353 or "
+                         "[2001:db8::53]:53 (a name would need a resolver to find it)") from None
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{text!r}: {port!r} is not a port")
+    if address.is_unspecified:
+        raise ValueError(f"{text!r} is not an address a query can be sent to")
+    if not port:
+        return str(address)
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def p_upstreams(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v] if v.strip() else []
+    if not isinstance(v, list):
+        raise ValueError("must be an address or an array of addresses ([] for none)")
+    return tuple(dict.fromkeys(p_upstream(x) for x in v))
+
+
+def resolv_conf_servers(path: Path) -> tuple[str, ...]:
+    """The ``nameserver`` lines of a resolv.conf (the host's own resolvers)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ()
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            try:
+                found.append(p_upstream(words[1].split("%", 1)[0]))
+            except ValueError:
+                continue
+    return tuple(dict.fromkeys(found))
+
+
+def p_networks(v: Any) -> tuple[IPv4Network, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list):
+        raise ValueError("must be a network or an array of networks")
+    return tuple(p_network(x) for x in v)
 
 
 def p_network(v: Any) -> IPv4Network:
@@ -404,13 +471,15 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
         top.error("network", f"{network} does not contain the server address {address}")
 
     gateway = top.get("gateway", p_ip, address)
-    dns = top.get("dns", p_ips, (address,))
     domain = top.get("domain", p_name, "astral.lan")
+    dnsd = _dnsd(top.table("dns"), address, domain, warnings)
+    dhcp_table = top.table("dhcp")
+    dns = _client_dns(dhcp_table, dnsd, warnings)
     data = top.get("data", lambda v: resolve_path(base, v), base / "data")
     runtime_dir = top.get("runtime_dir", lambda v: resolve_path(base, v), base / "run")
     log_level = top.get("log_level", p_choice(*LOG_LEVELS), "info")
 
-    dhcp = _dhcp(top.table("dhcp"), address, network, gateway, dns)
+    dhcp = _dhcp(dhcp_table, address, network, gateway, dns, dnsd, warnings)
     tftp = _tftp(top.table("tftp"))
     http = _http(top.table("http"), address)
     menu = _menu(top.table("menu"))
@@ -432,11 +501,21 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
     return Config(path=file, refs_path=refs_path, interface=interface, address=address,
                   network=network, gateway=gateway, dns=dns, domain=domain, data=data,
                   runtime_dir=runtime_dir, log_level=log_level, dhcp=dhcp, tftp=tftp,
-                  http=http, menu=menu, install=install, service=service, admin=admin, ipfs=ipfs, store=store, bus=bus, derived=derived,
+                  http=http, menu=menu, install=install, service=service, admin=admin, ipfs=ipfs,
+                  store=store, bus=bus, dnsd=dnsd, derived=derived,
                   warnings=tuple(warnings))
 
 
 def _translate_legacy(raw: dict[str, Any], warnings: list[str], file: Path) -> None:
+    if "dns" in raw and not isinstance(raw["dns"], dict):
+        # Before dnsd, the resolvers handed to clients were a top-level `dns`;
+        # `dns` is dnsd's table now, and they are [dhcp] dns.
+        value = raw.pop("dns")
+        dhcp = raw.setdefault("dhcp", {})
+        if isinstance(dhcp, dict) and "dns" not in dhcp:
+            dhcp["dns"] = value
+        warnings.append(f"{file}: dns: a list of resolvers at the top is read as [dhcp] dns "
+                        "(the top-level [dns] is the DNS server's table)")
     for old, new in LEGACY_KEYS.items():
         if old not in raw:
             continue
@@ -456,15 +535,80 @@ def _translate_legacy(raw: dict[str, Any], warnings: list[str], file: Path) -> N
         warnings.append(f"{file}: {old}: not used any more, ignored ({LEGACY_IGNORED[old]})")
 
 
+def _client_dns(t: Table, dnsd: DnsConfig, warnings: list[str],
+                dns: tuple[IPv4Address, ...] = ()) -> tuple[IPv4Address, ...]:
+    """What clients are told to resolve with (option 6), from a table's ``dns``.
+
+    With dnsd on, dnsd: a ``dns`` that says otherwise is not used, and the
+    operator is told so. With it off, ``dns`` (``dns``'s default: ``dns``
+    given, else none, and then option 6 is not sent at all).
+    """
+    given = t.get("dns", p_ips_or_none, None)
+    if not dnsd.enabled:
+        return given if given is not None else dns
+    if given is not None and given != (dnsd.bind,):
+        warnings.append(
+            f"{t.file}: {t.key('dns')}: not handed to clients: with [dns] enabled they are "
+            f"told to use dnsd at {dnsd.bind} (set [dns] enabled = false to hand them "
+            f"{', '.join(map(str, given)) or 'no resolver'})")
+    return (dnsd.bind,)
+
+
+def _dnsd(t: Table, address: IPv4Address, domain: str, warnings: list[str]) -> DnsConfig:
+    bind = t.get("bind", p_ip, address)
+    if bind.is_unspecified:
+        t.error("bind", "must be one address of this host: an answer has to come from the "
+                        "address it was asked at")
+        bind = address
+    port = t.get("port", p_port, 53)
+    if t.has("upstream"):
+        upstream, source = t.get("upstream", p_upstreams, ()), "config"
+    else:
+        # The host's own resolvers, as dnsmasq reads them, but never dnsd itself.
+        own = {str(bind), f"{bind}:{port}"} if port == 53 else {f"{bind}:{port}"}
+        upstream = tuple(u for u in resolv_conf_servers(RESOLV_CONF) if u not in own)
+        source = str(RESOLV_CONF) if upstream else ""
+    cfg = DnsConfig(
+        enabled=t.get("enabled", p_bool, True),
+        domain=t.get("domain", p_name, domain).lower(),
+        server_name=t.get("server_name", p_machine_name, _host_label()).lower(),
+        bind=bind,
+        port=port,
+        upstream=upstream,
+        upstream_from=source,
+        clients=t.get("clients", p_networks, ()),
+        ttl=int(t.get("ttl", p_seconds(0, 86400), 60)),
+        rrl=float(t.get("rrl", p_fraction(0, 1_000_000), 200)),
+        rrl_slip=t.get("rrl_slip", p_int_between(0, 10), 2),
+        cache=t.get("cache", p_int_between(0, 1_000_000), 1024),
+        forward_timeout=t.get("forward_timeout", p_seconds(0.1, 30), 2.0),
+        forward_attempts=t.get("forward_attempts", p_int_between(1, 10), 3),
+        log_queries=t.get("log_queries", p_bool, False),
+    )
+    if cfg.enabled and not cfg.upstream and "dns.upstream" not in t.present:
+        warnings.append(f"{t.file}: dns.upstream: not set and {RESOLV_CONF} names no server; "
+                        "dnsd answers only the boot network's own names")
+    t.finish()
+    return cfg
+
+
+def _host_label() -> str:
+    """This host's name as one DNS label (its first), or "server" when it is no label."""
+    label = socket.gethostname().split(".", 1)[0].lower()
+    return label if MACHINE_NAME.fullmatch(label) and label != "astralboot" else "server"
+
+
 def _subnet(t: Table, network: IPv4Network | None, gateway: IPv4Address | None,
             dns: tuple[IPv4Address, ...], lease_time: int, relayed: bool,
-            server: IPv4Address | None) -> SubnetConfig | None:
+            server: IPv4Address | None, dnsd: DnsConfig | None = None,
+            warnings: list[str] | None = None) -> SubnetConfig | None:
     if network is None:
         network = t.get("network", p_network)
         if network is None:
             return None
         gateway = t.get("gateway", p_ip, None)
-        dns = t.get("dns", p_ips, dns)
+        if dnsd is not None and warnings is not None:
+            dns = _client_dns(t, dnsd, warnings, dns)
         lease_time = int(t.get("lease_time", p_seconds(60, 365 * 86400), lease_time))
     avoid = {a for a in (server, gateway) if a is not None}
     try:
@@ -484,12 +628,12 @@ def _subnet(t: Table, network: IPv4Network | None, gateway: IPv4Address | None,
 
 
 def _dhcp(t: Table, address: IPv4Address, network: IPv4Network, gateway: IPv4Address,
-          dns: tuple[IPv4Address, ...]) -> DhcpConfig:
+          dns: tuple[IPv4Address, ...], dnsd: DnsConfig, warnings: list[str]) -> DhcpConfig:
     lease_time = int(t.get("lease_time", p_seconds(60, 365 * 86400), 86400))
     local = _subnet(t, network, gateway, dns, lease_time, False, address)
     subnets = [local] if local else []
     for sub in t.tables("subnet"):
-        cfg = _subnet(sub, None, None, dns, lease_time, True, None)
+        cfg = _subnet(sub, None, None, dns, lease_time, True, None, dnsd, warnings)
         sub.finish()
         if cfg is None:
             continue
@@ -691,8 +835,8 @@ def _read_refs(path: Path, errors: list[ConfigError]) -> str | None:
 
 def _all_keys() -> set[str]:
     return {
-        "interface", "address", "network", "gateway", "dns", "domain", "data", "runtime_dir",
-        "log_level", "dhcp.range", "dhcp.lease_time", "dhcp.offer_hold",
+        "interface", "address", "network", "gateway", "domain", "data", "runtime_dir",
+        "log_level", "dhcp.dns", "dhcp.range", "dhcp.lease_time", "dhcp.offer_hold",
         "dhcp.decline_quarantine", "dhcp.offer_share", "dhcp.proxy", "dhcp.rogue_guard",
         "dhcp.rogue_listen",
         "dhcp.port", "dhcp.client_port", "tftp.port", "tftp.single_port", "tftp.max_sessions",
@@ -703,4 +847,7 @@ def _all_keys() -> set[str]:
         "admin.tls_cert", "admin.tls_key", "admin.client_ca", "admin.boot_face",
         "menu.timeout", "ipfs.enabled", "ipfs.api", "ipfs.timeout", "store.database",
         "store.cache", "store.cache_max", "bus.endpoint", "bus.events", "bus.deadline", "bus.keys", "bus.insecure",
+        "dns.enabled", "dns.domain", "dns.server_name", "dns.bind", "dns.port", "dns.upstream",
+        "dns.clients", "dns.ttl", "dns.rrl", "dns.rrl_slip", "dns.cache", "dns.forward_timeout",
+        "dns.forward_attempts", "dns.log_queries",
     }

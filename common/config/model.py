@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-SERVICES = ("store", "dhcpd", "tftpd", "httpd")
+# Every service, in start order (the store first); ``Config.services`` are
+# the ones this configuration runs (dnsd only with ``[dns] enabled``).
+SERVICES = ("store", "dhcpd", "tftpd", "httpd", "dnsd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,28 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """dnsd: authoritative for the boot network's names, a forwarder for the rest."""
+
+    enabled: bool
+    domain: str  # the zone it is authoritative for (default: the DHCP domain)
+    server_name: str  # this host's own name in the zone, besides "astralboot"
+    bind: IPv4Address  # the address it listens on, and hands to clients (option 6)
+    port: int
+    upstream: tuple[str, ...]  # "IP", "IP:PORT" or "[IPv6]:PORT"; empty: no forwarding
+    # where the upstream list came from: "config", a resolv.conf path, or "" (none)
+    upstream_from: str = field(compare=False)
+    clients: tuple[IPv4Network, ...]  # answered besides the DHCP subnets (no open resolver)
+    ttl: int  # of the authoritative records (leases change: keep it short)
+    rrl: float  # authoritative responses per second per client /24 and answer; 0: off
+    rrl_slip: int  # every Nth response over the limit goes out truncated (TC), 0: none
+    cache: int  # forwarded answers kept (entries)
+    forward_timeout: float  # seconds per upstream attempt
+    forward_attempts: int
+    log_queries: bool  # one log line per query answered (like dnsmasq's log-queries)
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     # the user services become once their ports are bound (when started as root)
     user: str = "astralboot"
@@ -156,7 +180,7 @@ class Config:
     address: IPv4Address
     network: IPv4Network
     gateway: IPv4Address
-    dns: tuple[IPv4Address, ...]
+    dns: tuple[IPv4Address, ...]  # what clients are told to resolve with (option 6)
     domain: str
     data: Path
     runtime_dir: Path
@@ -168,6 +192,7 @@ class Config:
     ipfs: IpfsConfig
     store: StoreConfig
     bus: BusConfig
+    dnsd: DnsConfig  # the [dns] table
     install: InstallConfig = InstallConfig()
     service: ServiceConfig = ServiceConfig()
     admin: AdminConfig = AdminConfig()
@@ -177,6 +202,11 @@ class Config:
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services this configuration runs, in start order."""
+        return tuple(s for s in SERVICES if s != "dnsd" or self.dnsd.enabled)
 
     def control_endpoint(self, service: str) -> str:
         """Where a front end answers ``astralboot status`` on this host."""

@@ -44,6 +44,14 @@ def _range(s: SubnetConfig) -> str:
     return f"{s.range_start}-{s.range_end}"
 
 
+def _resolver_note(config: Config) -> str:
+    if config.dnsd.enabled:
+        return f"dnsd on this server ({config.dnsd.bind}), because [dns] enabled = true"
+    if config.dns:
+        return "[dhcp] dns, because [dns] enabled = false"
+    return "none sent: [dns] enabled = false and [dhcp] dns is empty"
+
+
 def render(config: Config, *, annotate: bool = True) -> str:
     """The whole effective configuration as TOML."""
     d = config.derived if annotate else frozenset()
@@ -53,7 +61,6 @@ def render(config: Config, *, annotate: bool = True) -> str:
         ("address", config.address),
         ("network", config.network),
         ("gateway", config.gateway),
-        ("dns", list(config.dns)),
         ("domain", config.domain),
         ("data", config.data),
         ("runtime_dir", config.runtime_dir),
@@ -61,7 +68,8 @@ def render(config: Config, *, annotate: bool = True) -> str:
     ], "", d)
 
     dh = config.dhcp
-    out += ["", "[dhcp]"] + _lines([
+    out += ["", "[dhcp]", f"# option 6 (DNS servers): {_resolver_note(config)}"] + _lines([
+        ("dns", list(config.dns)),
         ("range", _range(dh.local) if dh.subnets and not dh.local.relayed else None),
         ("lease_time", dh.lease_time),
         ("offer_hold", dh.offer_hold),
@@ -84,6 +92,19 @@ def render(config: Config, *, annotate: bool = True) -> str:
         out += ["", "[[dhcp.reservation]]"] + _lines([
             ("mac", r.mac), ("address", r.address), ("name", r.name), ("os", r.os),
         ], "", d)
+
+    n = config.dnsd
+    out += ["", "[dns]"] + _lines([
+        ("enabled", n.enabled), ("domain", n.domain), ("server_name", n.server_name),
+        ("bind", n.bind), ("port", n.port), ("upstream", list(n.upstream)),
+    ], "dns.", d)
+    if n.upstream_from and n.upstream_from != "config":
+        out[-1] += f" (from {n.upstream_from})"
+    out += _lines([
+        ("clients", list(n.clients)), ("ttl", n.ttl), ("rrl", n.rrl), ("rrl_slip", n.rrl_slip),
+        ("cache", n.cache), ("forward_timeout", n.forward_timeout),
+        ("forward_attempts", n.forward_attempts), ("log_queries", n.log_queries),
+    ], "dns.", d)
 
     t = config.tftp
     out += ["", "[tftp]"] + _lines([

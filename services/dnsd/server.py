@@ -41,6 +41,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
 from astralboot.common.errors import StartupError
 from astralboot.common.logs import SenderLimit
 from astralboot.services.dnsd.forward import (Action as ForwardAction, Address, Forwarder,
@@ -72,6 +78,22 @@ def bind_error(exc: OSError, proto: str, address: str, port: int) -> StartupErro
         errno.EADDRNOTAVAIL: f"{address} is not an address of this host",
     }.get(exc.errno or 0, f"cannot bind {proto} {address}:{port}: {exc.strerror}")
     return StartupError(SERVICE, reason)
+
+
+def describe_answer(data: bytes, client: Address, transport: Transport) -> str:
+    """One line for the query log: who asked what over which transport, and the answer."""
+    try:
+        reply = dns.message.from_wire(data)
+    except dns.exception.DNSException as exc:
+        return f"{client[0]} {transport}: answer of {len(data)} bytes ({exc})"
+    if not reply.question:
+        return f"{client[0]} {transport}: {dns.rcode.to_text(reply.rcode())}"
+    q = reply.question[0]
+    data_text = [rd.to_text() for rrset in reply.answer for rd in rrset]
+    flags = " TC" if reply.flags & dns.flags.TC else ""
+    return (f"{client[0]} {transport}: {q.name} {dns.rdatatype.to_text(q.rdtype)} -> "
+            f"{dns.rcode.to_text(reply.rcode())}{flags}"
+            + (f" {' '.join(data_text)}" if data_text else ""))
 
 
 def _family(address: str) -> socket.AddressFamily:
@@ -113,7 +135,8 @@ class DnsServer:
                  forward_timeout: float = 2.0, forward_attempts: int = 3,
                  cache_size: int = 1024, tcp_clients: int = TCP_CLIENTS,
                  tcp_idle: float = TCP_IDLE, tcp_query_max: int = TCP_QUERY_MAX,
-                 tcp_backlog: int = TCP_BACKLOG, stats: Counter[str] | None = None,
+                 tcp_backlog: int = TCP_BACKLOG, log_queries: bool = False,
+                 stats: Counter[str] | None = None,
                  rng: random.Random | None = None) -> None:
         self.zone = zone
         self.address = address
@@ -130,6 +153,7 @@ class DnsServer:
         self.tcp_idle = tcp_idle
         self.tcp_query_max = tcp_query_max
         self.tcp_backlog = tcp_backlog
+        self.log_queries = log_queries
         self._udp: socket.socket | None = None
         self._tcp_listener: socket.socket | None = None
         self._tcp_server: asyncio.Server | None = None
@@ -280,6 +304,8 @@ class DnsServer:
         # Drop: counted by the policy
 
     def _send_client(self, client: Address, transport: Transport, data: bytes) -> None:
+        if self.log_queries:
+            log.info("%s", describe_answer(data, client, transport))
         if transport == "udp":
             if self._udp is None:
                 return

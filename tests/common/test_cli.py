@@ -34,6 +34,9 @@ def test_init_non_interactive_writes_a_config_that_config_show_reads_back(short_
 
     shown = cli("config", "show", "-c", str(path))
     assert shown.returncode == 0, shown.stderr
+    # --dns names the clients' resolvers: dnsd is not run, and config show says why.
+    assert load(path).dnsd.enabled is False
+    assert "# option 6 (DNS servers): [dhcp] dns, because [dns] enabled = false" in shown.stdout
     for line in ('address = "192.0.2.1"', 'range = "192.0.2.100-192.0.2.150"',
                  'dns = ["192.0.2.53", "192.0.2.54"]', 'gateway = "192.0.2.254"',
                  f'data = "{path.parent}/bootfiles"', 'port = 8080', 'port = 6969',
@@ -119,8 +122,12 @@ def test_init_asks_the_setup_questions_and_warns_about_a_single_interface(
     child.sendline("1")
     child.expect("IPFS API address")
     child.sendline("")
-    child.expect("DNS server")
-    child.sendline("192.0.2.53")
+    child.expect("Run a DNS server here .* \\[yes\\]")
+    child.sendline("")
+    child.expect("Upstream DNS server\\(s\\) it forwards to")
+    child.sendline("198.18.0.53 nonsense")
+    child.expect("'nonsense' is not an address")
+    child.sendline("198.18.0.53, 198.18.0.54:5353")
     child.expect("Gateway")
     child.sendline("")
     child.expect("INSTALLS that OS")  # nothing installs unless someone decided it
@@ -139,7 +146,9 @@ def test_init_asks_the_setup_questions_and_warns_about_a_single_interface(
     assert config.install.password_hash and config.install.password_hash.startswith("$6$")
     assert str(config.dhcp.local.range_start) == "192.0.2.100"
     assert config.ipfs.enabled and config.ipfs.api == "/ip4/127.0.0.1/tcp/5001"
-    assert [str(d) for d in config.dns] == ["192.0.2.53"]
+    # dnsd runs, forwarding to what was typed, and clients are told to use it.
+    assert config.dnsd.enabled and config.dnsd.upstream == ("198.18.0.53", "198.18.0.54:5353")
+    assert [str(d) for d in config.dns] == ["192.0.2.1"]
     assert config.interface == "br0" and not config.dhcp.proxy
 
 
@@ -192,7 +201,8 @@ def test_status_exits_nonzero_within_seconds_when_services_are_down(short_tmp: P
     assert time.monotonic() - started < 10
     lines = result.stdout.splitlines()
     assert [line.split()[:2] for line in lines[1:]] == [
-        ["store", "DOWN"], ["dhcpd", "DOWN"], ["tftpd", "DOWN"], ["httpd", "DOWN"]]
+        ["store", "DOWN"], ["dhcpd", "DOWN"], ["tftpd", "DOWN"], ["httpd", "DOWN"],
+        ["dnsd", "DOWN"]]
 
 
 def test_version_and_help() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -38,7 +39,13 @@ def write(folder: Path, text: str, name: str = "config.toml") -> Path:
     (BASE + '[store]\ncache_max = -1\n', "store.cache_max", "negative"),
     (BASE + '[bus]\nendpoint = "udp://1.2.3.4:5"\n', "bus.endpoint", "tcp://HOST:PORT"),
     (BASE + 'log_level = "chatty"\n', "log_level", "not one of"),
-    (BASE + 'dns = []\n', "dns", "non-empty"),
+    (BASE + '[dhcp]\ndns = ["dns.example"]\n', "dhcp.dns", "not an IPv4 address"),
+    (BASE + '[dns]\nupstream = ["resolver.example"]\n', "dns.upstream", "a name would need"),
+    (BASE + '[dns]\nupstream = "192.0.2.53:99999"\n', "dns.upstream", "is not a port"),
+    (BASE + '[dns]\nbind = "0.0.0.0"\n', "dns.bind", "one address of this host"),
+    (BASE + '[dns]\nrrl = -1\n', "dns.rrl", "from 0 to"),
+    (BASE + '[dns]\nserver_name = "a.b"\n', "dns.server_name", "one DNS label"),
+    (BASE + '[dns]\nenabeld = false\n', "dns.enabeld", "did you mean dns.enabled?"),
     (BASE + 'dhcp = 5\n', "dhcp", "must be a table"),
     (BASE + '[[dhcp.reservation]]\nmac = "52:54:00:00:00:01"\naddress = "203.0.113.5"\n',
      "dhcp.reservation[0].address", "in no configured subnet"),
@@ -159,8 +166,13 @@ def test_the_original_servers_config_keys_still_work(short_tmp: Path) -> None:
     path = write(short_tmp, 'interface = "br0"\nBaseIP = "192.0.2.1"\nDNSServer = "192.0.2.53"\n'
                  'Domain = "erf"\nIPFS = false\nref = "Qm..."\n')
     config = load(path)
-    assert config.dns == (IPv4Address("192.0.2.53"),) and config.domain == "erf"
-    assert any("DNSServer" in w for w in config.warnings)
+    assert config.domain == "erf"
+    assert any("DNSServer: old name, read as dhcp.dns" in w for w in config.warnings)
+    # The original answered DNS itself, and so does this version by default:
+    # clients are sent to dnsd, and the operator is told what became of DNSServer.
+    assert config.dns == (IPv4Address("192.0.2.1"),) and config.dnsd.enabled
+    assert any("dhcp.dns: not handed to clients" in w and "192.0.2.53" in w
+               for w in config.warnings)
     assert any("ref" in w and "ignored" in w for w in config.warnings)
 
 
@@ -175,9 +187,10 @@ def test_a_config_the_original_wrote_loads_with_its_defaults(short_tmp: Path) ->
     assert config.domain == "astral.lan"  # the default, not an error
     assert config.data == short_tmp / "data"  # ./data next to the config, not the folder
     assert any("Domain: empty, the default is used" in w for w in config.warnings)
-    for key, why in (("UpstreamDNS", "no DNS forwarder"), ("Refs", "refs.toml"),
-                     ("OSList", "data folder"), ("Spawn", "retired")):
+    for key, why in (("Refs", "refs.toml"), ("OSList", "data folder"), ("Spawn", "retired")):
         assert any(w.split(": ")[1] == key and why in w for w in config.warnings), key
+    assert config.dnsd.upstream == ("198.18.0.53",)  # what the original forwarded to
+    assert config.dnsd.upstream_from == "config"
 
 
 def test_durations_accept_units(short_tmp: Path) -> None:
@@ -200,7 +213,9 @@ def test_relayed_subnets_and_reservations(short_tmp: Path) -> None:
 
 def test_rendered_config_loads_back_to_the_same_settings(short_tmp: Path) -> None:
     original = load(write(short_tmp, BASE +
-                          'dns = ["192.0.2.53", "192.0.2.54"]\n[dhcp]\nproxy = true\n'
+                          '[dns]\nenabled = false\ndomain = "boot.example"\n'
+                          'upstream = ["198.18.0.53", "[2001:db8::53]:5353"]\n'
+                          '[dhcp]\nproxy = true\ndns = ["192.0.2.53", "192.0.2.54"]\n'
                           '[[dhcp.subnet]]\nnetwork = "198.18.0.0/16"\n'
                           '[[dhcp.reservation]]\nmac = "52:54:00:00:00:09"\naddress = "192.0.2.9"\n'
                           '[http]\nport = 8080\n[menu]\ndefault = "ubuntu"\ntimeout = 0\n'))
@@ -263,3 +278,70 @@ def test_http_slow_client_limits_name_key_and_problem(short_tmp: Path, text: str
         load(write(short_tmp, BASE + text))
     errors = info.value.errors if isinstance(info.value, ConfigErrors) else [info.value]
     assert any(e.key == key and problem in e.problem for e in errors), errors
+
+
+# --- [dns]: dnsd, and what clients are told to resolve with (option 6) --------
+
+def test_dnsd_is_on_by_default_and_clients_are_told_to_use_it(short_tmp: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    resolv = write(short_tmp, "# written by a DHCP client\nsearch example.net\n"
+                   "nameserver 192.0.2.1\nnameserver 198.18.0.53\nnameserver fe80::1%eth0\n"
+                   "nameserver 2001:db8::53\nnameserver not-an-address\n", "resolv.conf")
+    monkeypatch.setattr(sys.modules["astralboot.common.config.load"], "RESOLV_CONF", resolv)
+    config = load(write(short_tmp, BASE + 'domain = "site.example"\n'))
+    d = config.dnsd
+    assert d.enabled and "dnsd" in config.services
+    assert (d.domain, d.bind, d.port) == ("site.example", IPv4Address("192.0.2.1"), 53)
+    # The host's resolvers, as dnsmasq reads them, but never dnsd itself (a loop).
+    assert d.upstream == ("198.18.0.53", "fe80::1", "2001:db8::53")
+    assert d.upstream_from == str(resolv)
+    assert config.dns == (IPv4Address("192.0.2.1"),)
+    assert all(s.dns == config.dns for s in config.dhcp.subnets)
+    shown = render(config)
+    assert "# option 6 (DNS servers): dnsd on this server (192.0.2.1)" in shown
+    assert f"(from {resolv})" in shown
+
+
+def test_an_empty_resolv_conf_leaves_dnsd_without_forwarding_and_says_so(
+        short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules["astralboot.common.config.load"], "RESOLV_CONF",
+                        short_tmp / "none")
+    config = load(write(short_tmp, BASE))
+    assert config.dnsd.upstream == () and config.dnsd.upstream_from == ""
+    assert any("dns.upstream: not set" in w and "only the boot network's own names" in w
+               for w in config.warnings)
+    # Set to none on purpose: no warning.
+    config = load(write(short_tmp, BASE + "[dns]\nupstream = []\n"))
+    assert config.dnsd.upstream == () and not config.warnings
+
+
+def test_with_dnsd_off_clients_get_dhcp_dns_or_nothing(short_tmp: Path) -> None:
+    off = load(write(short_tmp, BASE + "[dns]\nenabled = false\n"))
+    assert off.dns == () and "dnsd" not in off.services
+    assert "# option 6 (DNS servers): none sent" in render(off)
+    given = load(write(short_tmp, BASE + '[dns]\nenabled = false\n[dhcp]\ndns = "198.18.0.53"\n'
+                       '[[dhcp.subnet]]\nnetwork = "198.18.0.0/16"\n'
+                       '[[dhcp.subnet]]\nnetwork = "198.19.0.0/16"\ndns = []\n'))
+    assert [s.dns for s in given.dhcp.subnets] == [(IPv4Address("198.18.0.53"),)] * 2 + [()]
+    assert "# option 6 (DNS servers): [dhcp] dns, because [dns] enabled = false" in render(given)
+    assert not given.warnings
+
+
+def test_resolvers_set_while_dnsd_is_on_are_not_used_and_the_operator_is_told(
+        short_tmp: Path) -> None:
+    config = load(write(short_tmp, BASE + '[dns]\nupstream = []\n[dhcp]\ndns = ["198.18.0.53"]\n'
+                        '[[dhcp.subnet]]\nnetwork = "198.18.0.0/16"\ndns = "198.18.0.54"\n'))
+    assert [s.dns for s in config.dhcp.subnets] == [(IPv4Address("192.0.2.1"),)] * 2
+    assert [w.split(": ")[1] for w in config.warnings] == ["dhcp.dns", "dhcp.subnet[0].dns"]
+    assert all("set [dns] enabled = false to hand them" in w for w in config.warnings)
+
+
+def test_a_top_level_dns_list_from_before_dnsd_still_loads(short_tmp: Path) -> None:
+    """Configs written before dnsd had the clients' resolvers at the top
+    (``dns = [...]``), where the [dns] table is now: read as [dhcp] dns."""
+    config = load(write(short_tmp, BASE + 'dns = ["198.18.0.53"]\n[dhcp]\nlease_time = 600\n'))
+    assert any("dns: a list of resolvers at the top is read as [dhcp] dns" in w
+               for w in config.warnings)
+    assert config.dhcp.lease_time == 600
+    assert config.dns == (IPv4Address("192.0.2.1"),)  # dnsd is on: it wins, with a warning
+    assert any("dhcp.dns: not handed to clients" in w for w in config.warnings)

@@ -52,7 +52,7 @@ def test_serve_restarts_a_killed_child_and_stops_cleanly_on_sigterm(lab: Lab,
                              start_new_session=True)
     try:
         pids = _wait(lab, config, lambda code, p: code == 0)
-        assert set(pids) == {"store", "dhcpd", "tftpd", "httpd"}
+        assert set(pids) == {"store", "dhcpd", "tftpd", "httpd", "dnsd"}
         os.kill(pids["tftpd"], signal.SIGKILL)
         after = _wait(lab, config, lambda code, p: code == 0 and p.get("tftpd") not in
                       (None, pids["tftpd"]))

@@ -24,7 +24,7 @@ from astralboot.common.health import check
 
 __all__ = ["ORDER", "Stack", "StackError", "astralboot_argv", "write_config"]
 
-ORDER = ("store", "dhcpd", "tftpd", "httpd")
+ORDER = ("store", "dhcpd", "tftpd", "httpd", "dnsd")
 
 
 class StackError(AstralBootError):
