@@ -24,6 +24,7 @@ None of them opens a socket, reads a clock or logs. Around them:
   ``now`` in and carries the bytes.
 - ``feed``: the store's leases, machines and events drive
   :meth:`zone.Zone.set_host`/:meth:`zone.Zone.remove_host`.
-
-Neither is configured nor started by ``astralboot serve`` yet.
+- ``service``: the entry point (``astralboot dnsd``): the ``[dns]`` table
+  to a zone, a server and a feed, inside the front-end frame
+  (``common/frontend.py``: control socket, signals, dropping root).
 """

@@ -14,14 +14,14 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import Config, load
 from astralboot.common.cli.datafolder import create as create_data_folder
-from astralboot.common.cli.demo.boot import ServeProcess, Timeline, WatchedBoot, boot_until
+from astralboot.common.cli.demo.boot import ServeProcess, Timeline, WatchedBoot
 from astralboot.common.cli.demo.guest import Guest
 from astralboot.common.cli.demo.netns import Lab
 from support.stack import write_config
@@ -31,6 +31,10 @@ from astralboot.common.messages import (EventList, EventListReply, LeaseLookup, 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
 BOOT_TIMEOUT = 900  # TCG on a busy 2-core machine; the installer start-up dominates
+MIRROR_TIMEOUT = 300  # from the preseed fetch to the installer's mirror check
+SERVER = "192.0.2.1"
+DOMAIN = "lab.example"
+MIRROR = f"astralboot.{DOMAIN}"  # the server's own name in dnsd's zone
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +53,31 @@ def _mac() -> str:
 
 
 def _boot(lab: Lab, work: Path, data: Path, firmware: str, assign: str | None,
+          labels: dict[str, str] | None = None,
+          then: Callable[[ServeProcess, Guest, Timeline], None] | None = None,
           ) -> tuple[Timeline, Config, str]:
+    """Boot a new guest to its preseed fetch; ``then`` looks on while it goes on."""
     mac = _mac()
     tap = lab.add_tap()
     # An operator who wants unattended installs says so: [menu] default.
     config = load(write_config(work, interface=lab.bridge, address=lab.server_address,
-                               data=data, extra={"menu.timeout": 2, "menu.default": "debian"}))
+                               data=data, extra={"menu.timeout": 2, "menu.default": "debian",
+                                                 "domain": DOMAIN, "dns.upstream": [],
+                                                 "dns.log_queries": True}))
     guest = Guest(firmware=firmware, mac=mac, tap=tap, workdir=work)  # type: ignore[arg-type]
     with ServeProcess(config, lab.server, work / "serve.log") as serve:
-        if assign:
+        if assign or labels:
             with SyncBusClient(config.bus.endpoint) as bus:
-                bus.call(MachineSet(mac=mac, os=assign))
+                bus.call(MachineSet(mac=mac, os=assign, labels=labels))
         try:
-            boot_until(guest, lab.server, config.bus.events, "http.template", BOOT_TIMEOUT)
+            with WatchedBoot(guest, lab.server, config.bus.events) as boot:
+                boot.wait_for("http.template", BOOT_TIMEOUT)
+                recorded = _recorded(config, mac)
+                if then is not None:
+                    then(serve, guest, recorded)
         except Exception as exc:
-            raise AssertionError(f"{exc}\n--- serve ---\n{serve.tail()}") from None
-        recorded = _recorded(config, mac)
+            raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}\n"
+                                 f"--- serve ---\n{serve.tail()}") from None
     return recorded, config, mac
 
 
@@ -96,9 +109,23 @@ def _check_lease(timeline: Timeline, config: Config) -> None:
     assert acks and all(e.ip == lease.ip for e in acks)  # firmware, iPXE and installer agree
 
 
+def _resolves_the_mirror(serve: ServeProcess, guest: Guest, timeline: Timeline) -> None:
+    """The installer, past its preseed, looks its mirror up by name: dnsd answers it."""
+    ip = timeline.lease.lease.ip  # type: ignore[attr-defined]
+    wanted = f"{ip} udp: {MIRROR}. A -> NOERROR {SERVER}"
+    deadline = time.monotonic() + MIRROR_TIMEOUT
+    while wanted not in serve.log.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the installer never had dnsd resolve {MIRROR} "
+                                 f"(no {wanted!r} in dnsd's query log)")
+        time.sleep(1)
+
+
 def test_bios_guest_goes_through_the_menu_default_to_the_preseed(lab: Lab, short_tmp: Path,
                                                                  data_folder: Path) -> None:
-    timeline, config, mac = _boot(lab, short_tmp, data_folder, "bios", assign=None)
+    """... and on to its mirror, given as a name that only dnsd knows."""
+    timeline, config, mac = _boot(lab, short_tmp, data_folder, "bios", assign=None,
+                                  labels={"mirror": MIRROR}, then=_resolves_the_mirror)
     stages = timeline.stages()
     assert _in_order(stages, ["dhcp.ack", "http.script", "http.script", "http.image",
                               "http.image", "dhcp.ack", "http.template"]), stages

@@ -18,7 +18,7 @@ import pytest
 
 from astralboot.common.config import Config, load
 from astralboot.common.cli.datafolder import create as create_data_folder
-from astralboot.common.cli.demo.boot import boot_until
+from astralboot.common.cli.demo.boot import Timeline, boot_until
 from astralboot.common.cli.demo.guest import Guest
 from astralboot.common.cli.demo.netns import Lab
 from support.stack import astralboot_argv, write_config
@@ -26,7 +26,8 @@ from support.stack import astralboot_argv, write_config
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "deploy" / "systemd"
 SUPERVISORD = REPO / "deploy" / "supervisord" / "astralboot.conf"
-SERVICES = ("store", "dhcpd", "tftpd", "httpd")
+SERVICES = ("store", "dhcpd", "tftpd", "httpd", "dnsd")
+BINDS_PORTS = ("dhcpd", "tftpd", "dnsd")  # httpd's port 80 comes from its socket unit
 NOBODY = pwd.getpwnam("nobody")
 
 
@@ -55,7 +56,7 @@ def _service(name: str) -> configparser.ConfigParser:
     return parser
 
 
-def test_only_dhcpd_and_tftpd_hold_capabilities() -> None:
+def test_only_the_services_that_bind_low_ports_hold_capabilities() -> None:
     for name in SERVICES:
         service = _service(name)["Service"]
         caps = service.get("AmbientCapabilities", "").split()
@@ -64,7 +65,7 @@ def test_only_dhcpd_and_tftpd_hold_capabilities() -> None:
         assert service.get("ProtectSystem") == "strict"
         assert service.get("Restart") == "on-failure"
         assert service.get("RestartPreventExitStatus") == "2"
-        if name in ("dhcpd", "tftpd"):
+        if name in BINDS_PORTS:
             assert "CAP_NET_BIND_SERVICE" in caps
         else:
             assert caps == [], f"{name} should need no capability"
@@ -85,13 +86,18 @@ def test_every_supervisord_program_runs_an_astralboot_service() -> None:
     assert set(programs) == set(SERVICES)
     for name, section in programs.items():
         assert re.search(rf"\s{name} -c ", section["command"])
-        assert section["autorestart"] == "true" and section["stdout_logfile"].endswith(f"{name}.log")
+        assert section["stdout_logfile"].endswith(f"{name}.log")
+        if name == "dnsd":  # exits 0 when [dns] enabled = false: not restarted, not an error
+            assert section["autorestart"] == "unexpected" and section["exitcodes"] == "0,2"
+        else:
+            assert section["autorestart"] == "true"
+        assert int(programs["store"]["priority"]) <= int(section["priority"])
     assert int(programs["store"]["priority"]) < int(programs["dhcpd"]["priority"])
 
 
 @pytest.mark.netns
 @pytest.mark.qemu
-def test_supervisord_runs_all_four_as_the_user_boots_a_machine_and_revives_a_killed_one(
+def test_supervisord_runs_every_service_as_the_user_boots_a_machine_and_revives_a_killed_one(
         lab: Lab, short_tmp: Path) -> None:
     config = write_config(short_tmp, interface=lab.bridge, address=lab.server_address,
                           data=short_tmp / "data",
@@ -129,13 +135,21 @@ def test_supervisord_runs_all_four_as_the_user_boots_a_machine_and_revives_a_kil
         while True:
             ctl = subprocess.run(supervisorctl + ["status"], env=env, capture_output=True,
                                  text=True)
-            if ctl.stdout.count("RUNNING") == 4 or time.monotonic() > deadline:
+            if ctl.stdout.count("RUNNING") == len(SERVICES) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        assert ctl.stdout.count("RUNNING") == 4, ctl.stdout
-        # A machine boots against the programs as supervisord runs them.
-        stages = _boot_to_preseed(lab, short_tmp, load(config))
+        assert ctl.stdout.count("RUNNING") == len(SERVICES), ctl.stdout
+        # A machine boots against the programs as supervisord runs them ...
+        loaded = load(config)
+        timeline = _boot_to_preseed(lab, short_tmp, loaded)
+        stages = timeline.stages()
         assert "dhcp.ack" in stages and "http.image" in stages, stages
+        # ... and dnsd, as nobody, knows it by name.
+        ip = next(e.ip for e in timeline.events if e.stage == "dhcp.ack")
+        ptr = lab.server.run(["dig", "@192.0.2.1", "+short", "-x", str(ip)]).stdout.split()
+        assert len(ptr) == 1 and ptr[0].endswith(f".{loaded.dnsd.domain}."), ptr
+        back = lab.server.run(["dig", "@192.0.2.1", "+short", ptr[0]]).stdout.split()
+        assert back == [ip], back
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -199,8 +213,8 @@ def test_httpd_takes_port_80_from_systemd_socket_activation(lab: Lab, short_tmp:
     assert own_port.returncode != 0  # it did not bind a socket of its own
 
 
-def _boot_to_preseed(lab: Lab, work: Path, config: Config) -> list[str]:
+def _boot_to_preseed(lab: Lab, work: Path, config: Config) -> Timeline:
     """A diskless BIOS guest on the lab's bridge, power-on to its preseed fetch."""
     mac = "52:54:00:5e:00:01"
     guest = Guest(firmware="bios", mac=mac, tap=lab.add_tap(), workdir=work)
-    return boot_until(guest, lab.server, config.bus.events, "http.template", 900).stages()
+    return boot_until(guest, lab.server, config.bus.events, "http.template", 900)

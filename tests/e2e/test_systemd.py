@@ -34,7 +34,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 REPO = Path(__file__).resolve().parents[2]
 ASTRALBOOT = "/opt/astralboot/.venv/bin/astralboot"
 CONFIG = "/etc/astralboot/config.toml"
-UNITS = ("astralboot-store", "astralboot-dhcpd", "astralboot-tftpd", "astralboot-httpd")
+UNITS = ("astralboot-store", "astralboot-dhcpd", "astralboot-tftpd", "astralboot-httpd",
+         "astralboot-dnsd")
 BOOT_TIMEOUT = 900
 
 
@@ -83,7 +84,7 @@ def test_the_shipped_systemd_units_boot_a_machine(lab: Lab, short_tmp: Path) -> 
         def sh(line: str, check: bool = True) -> subprocess.CompletedProcess[str]:
             return box.run(["sh", "-c", f"cd /src && {line}"], check=check, timeout=300)
 
-        for line in recipe("install"):  # its status --wait line fails unless all four are up
+        for line in recipe("install"):  # its status --wait line fails unless all five are up
             done = sh(adapted(line, mac), check=False)
             assert done.returncode == 0, f"{line}\n{done.stdout}{done.stderr}" + box.run(
                 ["journalctl", "-u", "astralboot-*", "--no-pager", "-n", "80"]).stdout
@@ -127,6 +128,11 @@ def test_the_shipped_systemd_units_boot_a_machine(lab: Lab, short_tmp: Path) -> 
             time.sleep(0.5)
         # Its install done, the machine's next boot is its disk: the store kept that.
         assert "Booting from local disk" in script, script
+        # dnsd, as its unit runs it, gives the machine's address a name and back.
+        ip = next(str(e["ip"]) for e in _events(box, mac) if e["stage"] == "dhcp.ack")
+        ptr = client.ns.run(["dig", "@192.0.2.1", "+short", "-x", ip]).stdout.split()
+        assert len(ptr) == 1 and ptr[0].endswith(".astral.lan."), ptr
+        assert client.ns.run(["dig", "@192.0.2.1", "+short", ptr[0]]).stdout.split() == [ip]
 
         scores = {}
         for unit in UNITS:

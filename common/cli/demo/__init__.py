@@ -1,6 +1,6 @@
 """``astralboot demo``: one machine, power-on to unattended install, watched live.
 
-Builds an isolated namespace network, starts all four services on it with
+Builds an isolated namespace network, starts every service on it with
 the embedded defaults (SQLite, the bundled data folder filled from Debian's
 netboot installer and iPXE packages), powers on a diskless QEMU guest and
 prints each boot stage as the services report it, until the Debian

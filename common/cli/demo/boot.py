@@ -173,7 +173,8 @@ class ServeProcess:
                                  f"{self.tail()}")
             # ipc sockets are files, so readiness can be checked from outside the namespace;
             # httpd's health is over HTTP, which needs the namespace's network.
-            health = check_all(self.config, ("store", "dhcpd", "tftpd"), timeout=0.5)
+            health = check_all(self.config, tuple(s for s in self.config.services
+                                                  if s != "httpd"), timeout=0.5)
             if all(h.ready for h in health) and self._httpd_ready():
                 return self
             if time.monotonic() > deadline:
