@@ -1,9 +1,15 @@
-"""Fuzz targets: what the network can send to dhcpd, tftpd and the bus.
+"""Fuzz targets: what the network can send to dhcpd, tftpd, dnsd and the bus.
 
 Each target takes the bytes of one datagram or frame. The codec's own
 error (MalformedPacket, TftpProtocolError, MalformedMessage) is the
 expected answer to garbage; a broken invariant that a user would notice
 raises AssertionError; any other exception that escapes is a bug.
+
+dnsd has two inputs from the network: a client's query (``dns_query``:
+through the policy, over UDP and TCP) and an upstream's reply to the
+forwarder (``dns_upstream_reply``: the bytes after the query id, which the
+target sets to the one the forwarder sent, so the fuzzer reaches past the
+stray check).
 
 The seed corpus is real traffic (the captured DISCOVERs of the codec
 tests, crafted packets of the other exchanges, packed bus messages),
@@ -21,6 +27,11 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rrset
 
 from astralboot.common.bus import server as bus_server
 from astralboot.common.bus.frames import REPLY_LIMITS, REQUEST_LIMITS, Limits, pack, unpack
@@ -58,6 +69,11 @@ from astralboot.services.dhcpd.proxy import ProxyPolicy
 from astralboot.services.dhcpd.reader import MalformedPacket
 from astralboot.services.dhcpd.reply import Outgoing
 from astralboot.services.tftpd import packets as tftp
+from astralboot.services.dnsd.forward import Client as DnsClient
+from astralboot.services.dnsd.forward import Forwarder, Question, ToClient, ToUpstream
+from astralboot.services.dnsd.policy import DnsPolicy, Drop, Forward, Reply
+from astralboot.services.dnsd.wire import OUR_PAYLOAD
+from astralboot.services.dnsd.zone import Zone
 
 # The dhcpd tests' helpers (store stand-in, config, captures) live in their folder.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dhcpd"))
@@ -213,6 +229,66 @@ def tftp_packet(data: bytes) -> None:
     assert again == packet, f"{packet!r} re-encodes as {wire.hex()}, read back as {again!r}"
 
 
+# --- DNS ---------------------------------------------------------------------
+
+DNS_DOMAIN = "lab.example"
+DNS_CLIENT = ("192.0.2.50", 40000)
+DNS_UPSTREAM = ("198.18.0.53", 53)
+TCP_MAX = 65535
+
+
+@functools.cache
+def dns_policy() -> DnsPolicy:
+    zone = Zone(DNS_DOMAIN, "bootsrv", "192.0.2.1", ["192.0.2.0/24", "198.18.0.0/15"])
+    for i, name in enumerate(("web1", "Web1", "db_Primary.other.org", "x" * 80)):
+        zone.set_host(f"52:54:00:00:00:{i:02x}", name, f"192.0.2.{10 + i}")
+    return DnsPolicy(zone, clients=["192.0.2.0/24"], forwarding=True, stats=Counter())
+
+
+def dns_query(data: bytes) -> None:
+    """A datagram (or TCP message) to dnsd from a served client, through the policy."""
+    policy = dns_policy()
+    for transport in ("udp", "tcp"):
+        actions = policy.handle(data, DNS_CLIENT, 0.0, transport)  # type: ignore[arg-type]
+        assert len(actions) == 1, actions
+        action = actions[0]
+        if isinstance(action, Drop):
+            continue
+        if isinstance(action, Forward):
+            name = action.question.name
+            assert not name.is_subdomain(policy.zone.origin), f"{name} is ours, yet forwarded"
+            assert action.client.limit <= (OUR_PAYLOAD if transport == "udp" else TCP_MAX)
+            continue
+        assert isinstance(action, Reply), action
+        limit = OUR_PAYLOAD if transport == "udp" else TCP_MAX
+        assert 12 <= len(action.data) <= limit, f"{len(action.data)}-byte {transport} reply"
+        assert action.data[:2] == data[:2], "the reply does not carry the query's id"
+        reply = dns.message.from_wire(action.data)  # what we send must parse
+        assert reply.flags & dns.flags.QR, "a reply without QR"
+
+
+def dns_upstream_reply(data: bytes) -> None:
+    """What an upstream sends back to the forwarder, for one question it asked."""
+    forwarder = Forwarder([DNS_UPSTREAM], timeout=2.0, attempts=2, stats=Counter())
+    question = Question(dns.name.from_text("www.example.test"), 1, 1)
+    client = DnsClient(DNS_CLIENT, "udp", 0x4242, question, int(dns.flags.RD), 512, False)
+    sent = forwarder.query(question, client, 0.0)
+    assert len(sent) == 1 and isinstance(sent[0], ToUpstream)
+    ask = sent[0]
+    if len(data) >= 2:
+        data = ask.query_id.to_bytes(2, "big") + data[2:]
+    for action in forwarder.receive(data, DNS_UPSTREAM, 1.0, "udp"):
+        if isinstance(action, ToUpstream):  # TCP after TC, or the next attempt after an error
+            assert action.upstream == DNS_UPSTREAM, action
+            assert action.transport == "tcp" or action.query_id != ask.query_id, action
+            continue
+        assert isinstance(action, ToClient) and action.client == client, action
+        assert len(action.data) <= client.limit, f"{len(action.data)} bytes for a 512 limit"
+        answer = dns.message.from_wire(action.data)
+        assert answer.id == client.query_id and answer.flags & dns.flags.QR
+        assert [(q.name, q.rdtype) for q in answer.question] == [(question.name, 1)]
+
+
 # --- bus ---------------------------------------------------------------------
 
 def _same(a: Message, b: Message) -> bool:
@@ -256,6 +332,8 @@ TARGETS: dict[str, Target] = {
     "tftp_packet": tftp_packet,
     "bus_request": bus_request,
     "bus_reply": bus_reply,
+    "dns_query": dns_query,
+    "dns_upstream_reply": dns_upstream_reply,
 }
 
 
@@ -372,7 +450,43 @@ def bus_seeds() -> dict[str, bytes]:
     return {name: pack(msg) for name, msg in messages.items()}
 
 
+def dns_query_seeds() -> dict[str, bytes]:
+    def q(name: str, rdtype: str = "A", **kw: object) -> bytes:
+        return dns.message.make_query(name, rdtype, id=0x1234, **kw).to_wire()  # type: ignore[arg-type]
+    return {
+        "a": q("web1.lab.example"),
+        "a_edns": q("WEB1-2.Lab.Example", use_edns=0, payload=4096),
+        "ptr": q("10.2.0.192.in-addr.arpa", "PTR"),
+        "soa": q("lab.example", "SOA", use_edns=0),
+        "any": q("bootsrv.lab.example", "ANY"),
+        "nxdomain": q("nobody.lab.example", "AAAA"),
+        "forwarded": q("www.example.test", "MX", use_edns=0, want_dnssec=True),
+        "axfr": q("lab.example", "AXFR"),
+        "chaos": q("version.bind", "TXT", rdclass="CH"),
+    }
+
+
+def dns_reply_seeds() -> dict[str, bytes]:
+    query = dns.message.make_query("www.example.test", "A", id=1, use_edns=0)
+    answer = dns.message.make_response(query, recursion_available=True)
+    answer.answer = [dns.rrset.from_text("www.example.test.", 300, "IN", "A", "198.18.5.5",
+                                         "198.18.5.6")]
+    nx = dns.message.make_response(query)
+    nx.set_rcode(3)
+    nx.authority = [dns.rrset.from_text("example.test.", 60, "IN", "SOA",
+                                        "ns.example.test. h.example.test. 1 2 3 4 5")]
+    truncated = dns.message.make_response(query)
+    truncated.flags |= dns.flags.TC
+    cname = dns.message.make_response(query)
+    cname.answer = [dns.rrset.from_text("www.example.test.", 300, "IN", "CNAME", "b.example.test."),
+                    dns.rrset.from_text("b.example.test.", 300, "IN", "A", "198.18.5.7")]
+    return {"answer": answer.to_wire(), "nxdomain": nx.to_wire(), "truncated": truncated.to_wire(),
+            "cname": cname.to_wire()}
+
+
 SEEDS: dict[str, Callable[[], dict[str, bytes]]] = {
+    "dns_query": dns_query_seeds,
+    "dns_upstream_reply": dns_reply_seeds,
     "dhcp_server": dhcp_seeds,
     "tftp_packet": tftp_seeds,
     "bus_request": bus_seeds,

@@ -19,7 +19,7 @@ from astralboot.services.tftpd.packets import decode as decode_tftp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from run_atheris import fuzz
-from targets import SEEDS, TARGETS, dhcp_policies
+from targets import (DNS_CLIENT, DNS_UPSTREAM, SEEDS, TARGETS, dhcp_policies, dns_policy)
 
 RUNS = 30_000  # per target: a few seconds each on one core
 
@@ -82,3 +82,24 @@ def test_tftp_seed_decodes(name: str, packet: bytes) -> None:
 @pytest.mark.parametrize("name,frame", list(SEEDS["bus_request"]().items()))
 def test_bus_seed_unpacks(name: str, frame: bytes) -> None:
     unpack(frame, REPLY_LIMITS)
+
+
+@pytest.mark.parametrize("name,query", list(SEEDS["dns_query"]().items()))
+def test_dns_query_seed_is_answered_or_forwarded(name: str, query: bytes) -> None:
+    actions = dns_policy().handle(query, DNS_CLIENT, 0.0, "udp")
+    assert [type(a).__name__ for a in actions] in (["Reply"], ["Forward"]), actions
+
+
+@pytest.mark.parametrize("name,reply", list(SEEDS["dns_upstream_reply"]().items()))
+def test_dns_reply_seed_reaches_the_client_or_tcp(name: str, reply: bytes) -> None:
+    from astralboot.services.dnsd.forward import Client, Forwarder, Question
+    import dns.flags
+    import dns.name
+    forwarder = Forwarder([DNS_UPSTREAM], stats=None)
+    question = Question(dns.name.from_text("www.example.test"), 1, 1)
+    sent = forwarder.query(question, Client(DNS_CLIENT, "udp", 7, question,
+                                            int(dns.flags.RD), 512, False), 0.0)
+    reply = sent[0].query_id.to_bytes(2, "big") + reply[2:]  # type: ignore[union-attr]
+    got = forwarder.receive(reply, DNS_UPSTREAM, 1.0)
+    assert [type(a).__name__ for a in got] == (["ToUpstream"] if name == "truncated"
+                                                else ["ToClient"]), got
