@@ -5,7 +5,9 @@
 
 The targets are what the network can send: a DHCP datagram through the
 decoder and both policies (dhcp_server), a TFTP datagram (tftp_packet), a
-bus frame to the store and to a front end (bus_request, bus_reply); see
+bus frame to the store and to a front end (bus_request, bus_reply), a DNS
+query to dnsd and an upstream's reply to its forwarder (dns_query,
+dns_upstream_reply); see
 tests/fuzz/targets.py for the invariants each checks. Every target starts
 from the seed corpus of real packets and runs alone for --seconds on one
 core. Reported: executions, executions per second, libFuzzer's coverage
