@@ -197,6 +197,11 @@ def test_httpd_takes_port_80_from_systemd_socket_activation(lab: Lab, short_tmp:
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         try:
+            # systemd-socket-activate listens first (as systemd would before any client).
+            deadline = time.monotonic() + 30
+            while not lab.server.run(["ss", "-Hltn", "sport = :80"]).stdout.strip():
+                assert httpd.poll() is None and time.monotonic() < deadline, "never listened"
+                time.sleep(0.1)
             # The first connection starts httpd; it waits in the socket's backlog meanwhile.
             health = lab.server.run(["curl", "-sS", "--max-time", "60",
                                      "http://192.0.2.1/api/health"], check=False)
