@@ -1,10 +1,11 @@
 """Least privilege: services started as root give it up once their ports are bound,
-and still answer DHCP, TFTP and HTTP as themselves."""
+and still answer DHCP, TFTP, HTTP and DNS as themselves."""
 
 from __future__ import annotations
 
 import pwd
 import shutil
+import time
 from pathlib import Path
 
 import psutil
@@ -27,8 +28,9 @@ def test_services_run_as_the_service_user_and_still_serve(lab: Lab, short_tmp: P
     (data / "boot/debian/images/linux").write_bytes(b"\x90" * 4096)
     (data / "boot/debian/images/initrd.gz").write_bytes(b"\x1f" * 4096)
     path = write_config(short_tmp, interface=lab.bridge, address=lab.server_address, data=data,
-                        extra={"service.user": "nobody"})
-    with Stack(path, services=("store", "dhcpd", "tftpd", "httpd"), netns=lab.server) as stack:
+                        extra={"service.user": "nobody", "domain": "lab.example"})
+    with Stack(path, services=("store", "dhcpd", "tftpd", "httpd", "dnsd"),
+               netns=lab.server) as stack:
         for name, proc in stack.procs.items():
             uids = psutil.Process(proc.pid).uids()
             assert (uids.real, uids.effective, uids.saved) == (nobody.pw_uid,) * 3, name
@@ -54,3 +56,9 @@ def test_services_run_as_the_service_user_and_still_serve(lab: Lab, short_tmp: P
         assert got.read_bytes() == b"\x55" * 70_000
         menu = host.ns.run(["curl", "-sS", f"http://{lab.server_address}/choose"])
         assert menu.stdout.startswith("#!ipxe")
+        # dnsd, as nobody on port 53, names the client by its lease.
+        deadline = time.monotonic() + 15  # the zone follows the ACK's event within moments
+        while not (name := host.ns.run(["dig", f"@{lab.server_address}", "+short", "-x",
+                                        ip]).stdout.split()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(name) == 1 and name[0].endswith(".lab.example."), name
