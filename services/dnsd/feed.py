@@ -9,8 +9,11 @@ other name was set by the operator (``astralboot machine set --name``, a
 reservation's ``name``, an import), so it goes into the zone with
 ``fixed=True`` and takes its label back from a host that only got it by
 default. A lease without a machine (none should exist) is named by the host
-name the client sent, not fixed. A reservation whose machine holds no bound
-lease has no record: its address is not in use.
+name the client sent, not fixed. A reservation with a name (``reserved``:
+from the configuration) has its record whether or not its machine holds a
+lease: the address is that machine's for good, so its name resolves before
+the machine first boots and after it releases; while the lease is bound the
+machine's name (which the operator may have changed) is used.
 
 How the zone follows the store:
 
@@ -40,6 +43,7 @@ import asyncio
 import logging
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from astralboot.common.bus.client import AsyncBusClient
@@ -77,12 +81,14 @@ class ZoneFeed:
     """The store's leases and machines into ``zone``, until cancelled (:meth:`run`)."""
 
     def __init__(self, zone: Zone, bus: AsyncBusClient, events: str, *,
+                 reserved: Mapping[str, tuple[str, str]] | None = None,
                  curve: ClientCurve | None = None, resync: float = RESYNC,
                  check: float = CHECK, retry_max: float = RETRY_MAX,
                  stats: Counter[str] | None = None) -> None:
         self.zone = zone
         self.bus = bus
         self.events = events
+        self.reserved = dict(reserved or {})  # MAC -> (name, address)
         self.curve = curve
         self.resync = resync
         self.check = check
@@ -170,7 +176,8 @@ class ZoneFeed:
         machines = await self.bus.call(MachineList())
         assert isinstance(leases, LeaseListReply) and isinstance(machines, MachineListReply)
         by_mac = {m.mac: m for m in machines.machines}
-        wanted: dict[str, tuple[str | None, str, bool]] = {}
+        wanted: dict[str, tuple[str | None, str, bool]] = {
+            mac: (name, ip, True) for mac, (name, ip) in self.reserved.items()}
         for lease in leases.leases:
             name, fixed = chosen_name(lease, by_mac.get(lease.mac))
             wanted[lease.mac] = (name, lease.ip, fixed)
@@ -182,6 +189,14 @@ class ZoneFeed:
             self._set(mac, name, ip, fixed)
         self.stats["feed_syncs"] += 1
         log.debug("DNS zone synced: %d hosts, serial %d", len(self.zone), self.zone.serial)
+
+    def _absent(self, mac: str) -> None:
+        """``mac`` holds no bound lease: its reservation's record, or none."""
+        if mac in self.reserved:
+            name, ip = self.reserved[mac]
+            self._set(mac, name, ip, True)
+        else:
+            self.zone.remove_host(mac)
 
     def _set(self, mac: str, name: str | None, ip: str, fixed: bool) -> None:
         try:
@@ -200,7 +215,7 @@ class ZoneFeed:
         if event.stage in (DHCP_RELEASE, DHCP_DECLINE):
             host = self.zone.host(mac)
             if host is not None and (event.ip is None or str(host.ip) == event.ip):
-                self.zone.remove_host(mac)
+                self._absent(mac)
                 log.debug("%s: %s, %s.%s removed", mac, event.stage, host.label, self.zone.origin)
         elif event.stage in (DHCP_ACK, MACHINE_CHANGED):
             await self.refresh(mac)
@@ -211,7 +226,7 @@ class ZoneFeed:
             reply = await self.bus.call(LeaseLookup(mac=mac))
         except RemoteError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
-                self.zone.remove_host(mac)
+                self._absent(mac)
                 return
             self._lookup_failed(mac, exc)
             return
@@ -221,7 +236,7 @@ class ZoneFeed:
         assert isinstance(reply, LeaseReply)
         lease = reply.lease
         if lease.state != "bound":
-            self.zone.remove_host(mac)
+            self._absent(mac)
             return
         name, fixed = chosen_name(lease, reply.machine)
         self._set(mac, name, lease.ip, fixed)

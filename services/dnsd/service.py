@@ -42,8 +42,9 @@ def build(config: Config, fe: FrontEnd) -> tuple[DnsServer, ZoneFeed]:
                        upstreams=d.upstream, rrl_rate=d.rrl or None, rrl_slip=d.rrl_slip,
                        forward_timeout=d.forward_timeout, forward_attempts=d.forward_attempts,
                        cache_size=d.cache, log_queries=d.log_queries, stats=fe.stats)
-    feed = ZoneFeed(zone, fe.bus, config.bus.events, curve=client_curve(config, SERVICE),
-                    stats=fe.stats)
+    reserved = {r.mac: (r.name, str(r.address)) for r in config.dhcp.reservations if r.name}
+    feed = ZoneFeed(zone, fe.bus, config.bus.events, reserved=reserved,
+                    curve=client_curve(config, SERVICE), stats=fe.stats)
     return server, feed
 
 

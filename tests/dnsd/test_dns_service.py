@@ -29,13 +29,19 @@ pytestmark = pytest.mark.netns
 SERVER = "192.0.2.1"
 UPSTREAM = "198.18.5.53"
 DOMAIN = "lab.example"
+RESERVED = ("02:ab:00:00:00:42", "192.0.2.42", "web01")
 
 
 def _config(folder: Path, lab: Lab, extra: dict[str, Any]) -> Path:
     data = folder / "data"
     (data / "tftp").mkdir(parents=True, exist_ok=True)
-    return write_config(folder, interface=lab.bridge, address=SERVER, data=data,
+    path = write_config(folder, interface=lab.bridge, address=SERVER, data=data,
                         extra={"domain": DOMAIN, **extra})
+    mac, address, name = RESERVED
+    with path.open("a") as f:
+        f.write(f'\n[[dhcp.reservation]]\nmac = "{mac}"\naddress = "{address}"\n'
+                f'name = "{name}"\n')
+    return path
 
 
 def _udhcpc(host: Host, folder: Path) -> dict[str, str]:
@@ -117,6 +123,28 @@ def test_a_dhcp_client_resolves_its_own_name_and_the_world_through_dnsd(
         client.ns.run(_dhclient(client, short_tmp, "-r"), timeout=60)  # DHCPRELEASE
         _until("web7 to go", lambda: dig(lab.server, SERVER, f"web7.{DOMAIN}"),
                lambda o: status(o) == "NXDOMAIN")
+
+        # A reservation's name resolves before its machine ever asked for a lease,
+        # and stays after the machine released it: the address is its for good.
+        mac, reserved_ip, reserved_name = RESERVED
+        out = dig(lab.server, SERVER, f"{reserved_name}.{DOMAIN}")
+        assert answers(out) == [f"{reserved_name}.{DOMAIN}. A {reserved_ip}"]
+        reserved = lab.add_host("c2", mac=mac)
+        folder = short_tmp / "c2"
+        folder.mkdir()
+        reserved.ns.run(_dhclient(reserved, folder, "-1"), timeout=60)
+        assert next(e for e in dhclient_events(folder) if e["reason"] == "BOUND")["ip"] \
+            == reserved_ip
+        # While bound, the machine's name (renamed here) is the one in the zone ...
+        stack.cli("machines", "set", mac, "--name", "renamed")
+        _until("renamed to resolve", lambda: dig(lab.server, SERVER, f"renamed.{DOMAIN}"),
+               lambda o: status(o) == "NOERROR")
+        assert status(dig(lab.server, SERVER, f"{reserved_name}.{DOMAIN}")) == "NXDOMAIN"
+        # ... and once released, the reservation's name is back, not nothing.
+        reserved.ns.run(_dhclient(reserved, folder, "-r"), timeout=60)
+        _until("the reservation's name back", lambda: dig(lab.server, SERVER, "-x", reserved_ip),
+               lambda o: answers(o) == [f"42.2.0.192.in-addr.arpa. PTR {reserved_name}.{DOMAIN}."])
+        assert status(dig(lab.server, SERVER, f"renamed.{DOMAIN}")) == "NXDOMAIN"
 
         # [dns] log_queries: each answer on its own line in dnsd's log.
         log = stack.log_path("dnsd").read_text()
