@@ -17,6 +17,9 @@ and clients that are plain sockets made inside client namespaces
   dnsd reports; the slipped questions asked again over TCP are answered;
   a client in another /24 asking the same name meanwhile gets every answer;
   forwarded answers are not limited at all.
+- A TCP connection gets only the answers to its own questions, also when a
+  client reconnects from the port of a connection that left a forwarded
+  question behind.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -707,3 +711,63 @@ async def _rrl_run(server: tuple[str, int], flood_socks: list[socket.socket],
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
 
+
+def test_a_tcp_answer_goes_only_to_the_connection_that_asked(load_lab: LoadLab) -> None:
+    """A client asks a forwarded name over TCP, gives up (RST) before the
+    upstream answers, and connects again from the same address and port (a
+    stub with a fixed port, or a NAT reusing one). The new connection never
+    asked: the late answer must not come to it (dnsd counts it ``tcp_gone``).
+    """
+    client_ns, upstream, dnsd = load_lab.client, load_lab.upstream, load_lab.dnsd
+    server = (SERVER, dnsd.port)
+    plan = Plan(seed=3)
+    asked, answered_at_once = plan.exchange("forward"), plan.exchange("a")
+    witness = plan.exchange("forward")  # the same name over UDP, waiting with it
+    while witness.qname.canonicalize() != asked.qname.canonicalize():  # type: ignore[union-attr]
+        witness = plan.exchange("forward")
+    later = [plan.exchange("a"), plan.exchange("a")]
+
+    opened: list[socket.socket] = []
+
+    def connect(port: int) -> socket.socket:
+        [sock] = bound_sockets(client_ns, TCP, CLIENT_ADDRESSES[:1], port=port, reuse=True)
+        opened.append(sock)
+        sock.settimeout(PATIENCE)
+        sock.connect(server)
+        return sock
+
+    def read(sock: socket.socket) -> bytes:
+        size = int.from_bytes(sock.recv(2, socket.MSG_WAITALL), "big")
+        return sock.recv(size, socket.MSG_WAITALL)
+
+    [udp] = bound_sockets(client_ns, UDP, CLIENT_ADDRESSES[:1])
+    opened.append(udp)
+    udp.settimeout(PATIENCE)
+    upstream.pause()
+    try:
+        old = connect(0)
+        port = old.getsockname()[1]
+        old.sendall(frame(asked.wire) + frame(answered_at_once.wire))
+        answered_at_once.replies.append(read(old))  # so the forwarded one is waiting
+        old.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        old.close()  # linger 0: RST, no TIME_WAIT, the port is free at once
+        new = connect(port)
+        new.sendall(frame(later[0].wire))
+        later[0].replies.append(read(new))  # dnsd has the new connection
+        udp.sendto(witness.wire, server)
+        upstream.resume()
+        # the upstream's answer went to every waiter at once: the witness, and
+        # whoever dnsd took for the TCP client
+        witness.replies.append(udp.recv(65535))
+        new.sendall(frame(later[1].wire))
+        came = read(new)
+    finally:
+        upstream.resume()
+        for sock in opened:
+            sock.close()
+    qid = int.from_bytes(came[:2], "big")
+    assert qid == later[1].qid, (f"the new connection got a reply with id {qid}: the answer "
+                                 f"to id {asked.qid}, asked on the connection before it")
+    later[1].replies.append(came)
+    assert [p for ex in (answered_at_once, witness, *later) for p in ex.problems()] == []
+    assert dnsd.stats().get("tcp_gone", 0) == 1  # the answer had nowhere to go
