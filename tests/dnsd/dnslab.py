@@ -1,19 +1,30 @@
 """The dnsd lab: dnsd (``dnsd_proc.py``) in the server namespace of a
-:class:`Lab`, real clients (``dig``) in client namespaces, an upstream
-(dnsmasq) in a namespace of its own."""
+:class:`Lab`, real clients (``dig``, or sockets made by :func:`in_netns`) in
+client namespaces, an upstream (dnsmasq) in a namespace of its own."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import re
 import select
+import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from astralboot.common.cli.demo.netns import Namespace
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; the socket module omits it
+_libc = ctypes.CDLL(None, use_errno=True)
 
 PROC = str(Path(__file__).with_name("dnsd_proc.py"))
 _STATUS = re.compile(r"status: ([A-Z]+)")
@@ -118,8 +129,23 @@ class Dnsmasq:
         self.__exit__()
         raise AssertionError("dnsmasq did not answer")
 
+    def pause(self) -> None:
+        """Stop dnsmasq (SIGSTOP): questions sent to it wait in its socket,
+        unanswered, until :meth:`resume`. Returns once it has stopped."""
+        assert self.proc is not None and self.proc.poll() is None
+        pid = self.proc.pid  # `ip netns exec` execs dnsmasq, which stays in the foreground
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq"
+        os.kill(pid, signal.SIGSTOP)
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), status
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
+            self.resume()
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
@@ -135,6 +161,55 @@ def dig(ns: Namespace, server: str, *args: str, port: int = 53, timeout: float =
     proc = ns.run(["dig", f"@{server}", "-p", str(port), "+tries=1", "+time=2", *args],
                   check=False, timeout=timeout)
     return proc.stdout + proc.stderr
+
+
+def in_netns(ns: Namespace, make: Callable[[], T]) -> T:
+    """``make()`` run by a thread of its own that has entered ``ns``'s network
+    stack: the sockets it makes live there for good, whichever thread uses
+    them later. The caller's thread never changes namespace."""
+
+    def entered() -> T:
+        fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns into {ns.name}: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+        return make()
+
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(entered).result()
+
+
+def bound_sockets(ns: Namespace, kind: socket.SocketKind, addresses: Iterable[str], *,
+                  port: int = 0, reuse: bool = False, rcvbuf: int = 0) -> list[socket.socket]:
+    """Non-blocking IPv4 sockets in ``ns``, one bound to each of ``addresses``
+    (``port`` 0: the kernel picks). ``rcvbuf``: a receive buffer past
+    net.core.rmem_max (as root), so a burst of replies waits instead of being lost."""
+
+    def make() -> list[socket.socket]:
+        out = []
+        for address in addresses:
+            sock = socket.socket(socket.AF_INET, kind)
+            if reuse:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            sock.bind((address, port))
+            sock.setblocking(False)
+            out.append(sock)
+        return out
+
+    return in_netns(ns, make)
+
+
+def udp_counters(ns: Namespace) -> dict[str, int]:
+    """The kernel's UDP counters in ``ns`` (``RcvbufErrors``: datagrams lost
+    for want of room in a socket's buffer)."""
+    rows = [line.split()[1:] for line in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+            if line.startswith("Udp:")]
+    return dict(zip(rows[0], map(int, rows[1])))
 
 
 def status(out: str) -> str:
@@ -180,4 +255,4 @@ def authority_types(out: str) -> list[str]:
 
 
 __all__ = ["DnsdProcess", "Dnsmasq", "answers", "authority_types", "dig", "flags",
-           "status"]
+           "bound_sockets", "in_netns", "status", "udp_counters"]
