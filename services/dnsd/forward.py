@@ -215,6 +215,21 @@ class Forwarder:
     def pending(self) -> int:
         return len(self._by_key)
 
+    def forget(self, address: Address, transport: Transport) -> int:
+        """The client at ``address`` is gone (its TCP connection closed): it is
+        no longer waiting, so a later connection from the same address and
+        port never gets its answers. The questions stay out (their answers
+        go to the cache and to whoever else waits). Returns how many waits
+        ended."""
+        ended = 0
+        for pending in self._by_key.values():
+            kept = [c for c in pending.clients
+                    if not (c.address == address and c.transport == transport)]
+            ended += len(pending.clients) - len(kept)
+            pending.clients = kept
+        self.stats["fwd_clients_gone"] += ended
+        return ended
+
     def _ask(self, pending: _Pending, now: float, transport: Transport) -> ToUpstream:
         if pending.query_id:
             self._by_id.pop(pending.query_id, None)

@@ -503,4 +503,8 @@ class DnsServer:
         finally:
             if self._tcp.get(client) is not None and self._tcp[client].writer is writer:
                 del self._tcp[client]
+                if self.forwarder is not None:
+                    # Whatever it still waits for must not reach the next
+                    # connection from the same address and port.
+                    self.forwarder.forget(client, "tcp")
             writer.close()

@@ -442,3 +442,17 @@ def test_every_client_gets_exactly_one_answer(steps: list) -> None:
         now = max(now, fwd.get_timer())  # type: ignore[type-var]
         take(fwd.handle_timer(now))
     assert answered == asked
+
+
+def test_a_forgotten_client_gets_nothing_and_the_others_still_do() -> None:
+    fwd = forwarder()
+    q = question()
+    gone = client(q, qid=1, address=("192.0.2.60", 5353), transport="tcp")
+    stays = client(q, qid=2, address=("192.0.2.60", 5353))  # same address, over UDP
+    sent = one_send(fwd.query(q, gone, 0.0))
+    assert fwd.query(q, stays, 0.0) == []
+    assert fwd.forget(("192.0.2.60", 5353), "tcp") == 1
+    assert fwd.forget(("192.0.2.60", 5353), "tcp") == 0
+    out = fwd.receive(answer_to(sent, "www.example.com. 60 A 198.18.0.1"), sent.upstream, 0.1)
+    assert [a.client for a in out] == [stays]  # the answer is still cached and delivered
+    assert fwd.pending == 0 and fwd.stats["fwd_clients_gone"] == 1
