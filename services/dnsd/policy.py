@@ -29,10 +29,10 @@ or slipped as a TC reply (see :mod:`ratelimit`); an error is only dropped.
 that :mod:`wire` refused), with ``drop_<reason>`` for those dropped and
 ``bad_<reason>`` for those answered with an error (the reason is dnspython's
 error, lower-cased, e.g. ``bad_badpointer``, ``bad_trailingjunk``, or ours:
-``bad_qdcount``, ``bad_opcode``, ``bad_transfer``...); ``rcode_<name>`` per
+``bad_qdcount``, ``bad_opcode``, ``bad_transfer``...); ``rcode_<name>`` per full
 reply sent; ``refused_outside``, ``refused_class``, ``refused_recursion``,
 ``authoritative``, ``forwarded``, ``truncated``, ``rrl_dropped``,
-``rrl_slipped``.
+``rrl_slipped`` (a slip is counted there, not as an ``rcode_``).
 """
 
 from __future__ import annotations
