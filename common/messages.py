@@ -44,6 +44,7 @@ class MachineRecord(Record):
     first_seen: float = 0.0
     last_seen: float = 0.0
     ip: str | None = None
+    loader: str | None = None  # "ipxe" or "shim" (Secure Boot); None: the configured default
 
 
 @record
@@ -145,6 +146,7 @@ class LeaseGrant(Reply):
     name: str | None = None
     os: str | None = None
     mac: str = ""  # the client's, so the caller can check the grant is for its request
+    loader: str | None = None  # the machine's; None: the configured default
 
 
 @message("ok.leases")
@@ -326,7 +328,9 @@ class ReservationList(Request):
 
 # --- machine requests --------------------------------------------------------
 
-MACHINE_FIELDS = ("name", "os", "machine_class", "labels", "boot_once")
+MACHINE_FIELDS = ("name", "os", "machine_class", "labels", "boot_once", "loader")
+# What a UEFI machine is first handed: iPXE, or Debian's signed shim + GRUB (Secure Boot).
+LOADERS = ("ipxe", "shim")
 
 
 @message("machine.get")
@@ -347,6 +351,7 @@ class MachineSet(Request):
     machine_class: str | None = None
     labels: dict[str, str] | None = None
     boot_once: bool | None = None
+    loader: str | None = None
     clear: tuple[str, ...] = ()
     actor: str | None = None  # who asked (an admin token's name, the machine's menu): audit
 

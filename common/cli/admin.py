@@ -16,7 +16,8 @@ from astralboot.common.bus.schema import record_to_dict
 from astralboot.common.config import load, normalise_mac
 from astralboot.common.config.load import p_name, p_os_name
 from astralboot.common.errors import ConfigError
-from astralboot.common.messages import (ImportedLease, ImportReply, LeaseImport, LeaseList, LeaseListReply,
+from astralboot.common.messages import (LOADERS, MACHINE_FIELDS, ImportedLease, ImportReply,
+                                        LeaseImport, LeaseList, LeaseListReply,
                         LeaseState, MachineGet, MachineList, MachineListReply, MachineRecord,
                         MachineReply, MachineSet)
 from astralboot.common.names import printable
@@ -156,8 +157,10 @@ def add_machines_arguments(p: argparse.ArgumentParser) -> None:
     once.add_argument("--boot-once", dest="boot_once", action="store_true", default=None,
                       help="boot the installer once, then the local disk")
     once.add_argument("--no-boot-once", dest="boot_once", action="store_false")
-    st.add_argument("--clear", action="append", default=[],
-                    choices=["name", "os", "machine_class", "labels", "boot_once"],
+    st.add_argument("--loader", choices=LOADERS,
+                    help="what a UEFI machine is first handed: ipxe, or shim (Debian's signed "
+                         "shim and GRUB, for Secure Boot); default: [uefi] loader")
+    st.add_argument("--clear", action="append", default=[], choices=list(MACHINE_FIELDS),
                     help="empty a field (repeatable)")
     st.add_argument("--json", action="store_true")
 
@@ -170,6 +173,7 @@ def _print_machine(m: MachineRecord, as_json: bool) -> None:
     for key, value in (("mac", m.mac), ("name", m.name), ("os", m.os or "-"),
                        ("class", m.machine_class or "-"), ("address", m.ip or "-"),
                        ("labels", labels), ("boot once", "yes" if m.boot_once else "no"),
+                       ("loader", m.loader or "(default)"),
                        ("first seen", _when(m.first_seen)), ("last seen", _when(m.last_seen))):
         print(f"{key:11} {printable(value)}")
 
@@ -225,5 +229,6 @@ def _machine_set(args: argparse.Namespace, mac: str) -> MachineSet:
         print(f"astralboot machines: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     return MachineSet(mac=mac, os=args.os, machine_class=args.machine_class, name=args.name,
-                      labels=labels, boot_once=args.boot_once, clear=tuple(args.clear),
+                      labels=labels, boot_once=args.boot_once, loader=args.loader,
+                      clear=tuple(args.clear),
                       actor=f"cli:{getpass.getuser()}")

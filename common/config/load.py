@@ -22,7 +22,7 @@ from typing import Any, Callable, TypeVar
 from astralboot.common import netif
 from astralboot.common.errors import ConfigError, ConfigErrors
 from astralboot.common.names import MACHINE_NAME
-from astralboot.common.config.model import (AdminConfig, BusConfig, Config, DhcpConfig, DnsConfig, HttpConfig, InstallConfig,
+from astralboot.common.config.model import (AdminConfig, BusConfig, Config, DhcpConfig, DnsConfig, HttpConfig, InstallConfig, UefiConfig,
                     IpfsConfig, MenuConfig, ReservationConfig, ServiceConfig, StoreConfig,
                     SubnetConfig, TftpConfig)
 
@@ -484,6 +484,11 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
     http = _http(top.table("http"), address)
     menu = _menu(top.table("menu"))
     install = _install(top.table("install"))
+    uefi_table = top.table("uefi")
+    uefi = UefiConfig(loader=uefi_table.get("loader", p_choice("ipxe", "shim"), "ipxe"),
+                      arm64_loader=uefi_table.get("arm64_loader",
+                                                  p_choice("auto", "ipxe", "shim"), "auto"))
+    uefi_table.finish()
     service_table = top.table("service")
     service = ServiceConfig(user=service_table.get("user", p_user, "astralboot"))
     service_table.finish()
@@ -502,7 +507,7 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
                   network=network, gateway=gateway, dns=dns, domain=domain, data=data,
                   runtime_dir=runtime_dir, log_level=log_level, dhcp=dhcp, tftp=tftp,
                   http=http, menu=menu, install=install, service=service, admin=admin, ipfs=ipfs,
-                  store=store, bus=bus, dnsd=dnsd, derived=derived,
+                  store=store, bus=bus, dnsd=dnsd, uefi=uefi, derived=derived,
                   warnings=tuple(warnings))
 
 
@@ -849,5 +854,5 @@ def _all_keys() -> set[str]:
         "store.cache", "store.cache_max", "bus.endpoint", "bus.events", "bus.deadline", "bus.keys", "bus.insecure",
         "dns.enabled", "dns.domain", "dns.server_name", "dns.bind", "dns.port", "dns.upstream",
         "dns.clients", "dns.ttl", "dns.rrl", "dns.rrl_slip", "dns.cache", "dns.forward_timeout",
-        "dns.forward_attempts", "dns.log_queries",
+        "dns.forward_attempts", "dns.log_queries", "uefi.loader", "uefi.arm64_loader",
     }

@@ -128,6 +128,14 @@ class DnsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UefiConfig:
+    """What UEFI firmware is first handed when its machine's record names no loader."""
+
+    loader: str = "ipxe"  # x64 (arch 7, 9): "ipxe", or "shim" for Secure Boot
+    arm64_loader: str = "auto"  # arch 11: iPXE if the data folder has one (Debian ships none), else shim
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     # the user services become once their ports are bound (when started as root)
     user: str = "astralboot"
@@ -196,6 +204,7 @@ class Config:
     install: InstallConfig = InstallConfig()
     service: ServiceConfig = ServiceConfig()
     admin: AdminConfig = AdminConfig()
+    uefi: UefiConfig = UefiConfig()
     derived: frozenset[str] = field(default_factory=frozenset)  # keys not set in the file
     warnings: tuple[str, ...] = ()
 

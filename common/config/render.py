@@ -126,6 +126,8 @@ def render(config: Config, *, annotate: bool = True) -> str:
     out += ["", "[install]"] + _lines([("password_hash", config.install.password_hash)],
                                       "install.", d)
     out += ["", "[service]"] + _lines([("user", config.service.user)], "service.", d)
+    out += ["", "[uefi]"] + _lines([("loader", config.uefi.loader),
+                                    ("arm64_loader", config.uefi.arm64_loader)], "uefi.", d)
     a = config.admin
     out += ["", "[admin]"] + _lines([
         ("port", a.port), ("bind", a.bind), ("tls_cert", a.tls_cert), ("tls_key", a.tls_key),

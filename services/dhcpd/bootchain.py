@@ -6,6 +6,17 @@ boot); that iPXE then asks DHCP again and is recognised (user class
 of the binary it is already running. That is what breaks the chainload
 loop. Pure: the only outside knowledge, which iPXE binaries the data
 folder holds, is a :class:`BinaryCatalogue` refreshed by the server.
+
+UEFI firmware with Secure Boot on refuses iPXE (it is not signed by the
+UEFI CA). For those machines the loader is ``shim``: Debian's signed shim
+(``bootnetx64.efi``, ``bootnetaa64.efi``), which loads Debian's signed GRUB
+from the same folder, whose config tftpd fetches from httpd per machine.
+DHCP cannot see whether Secure Boot is on, so the machine's record says
+(``machines set --loader``), else ``[uefi] loader`` (x64) or ``[uefi]
+arm64_loader`` (by default iPXE when the data folder has an ARM64 iPXE
+binary, which Debian does not ship, else shim). shim goes by TFTP only: the signed GRUB cannot fetch over
+HTTP, so a shim machine's UEFI HTTP boot request is not answered and its
+firmware goes on to PXE.
 """
 
 from __future__ import annotations
@@ -48,12 +59,24 @@ class Assignment(Protocol):
     @property
     def os(self) -> str | None: ...
 
+    @property
+    def loader(self) -> str | None: ...
+
 # Where the binaries live in the data folder; tftpd serves this folder, and
 # httpd serves the same files at HTTP_BINARY_PREFIX for UEFI HTTP boot.
 TFTP_FOLDER = "tftp"
 HTTP_BINARY_PREFIX = "/tftp/"
 MENU_PATH = "/choose"
 BOOT_PATH = "/boot/{os}/{mac}"
+
+# Debian's signed shim, in the folders its GRUB's built-in prefix expects
+# (debian-installer/<arch>/grub); shim loads grub*.efi from the same folder,
+# which it takes from the BOOTP ``file`` field.
+SHIM_X64 = "debian-installer/amd64/bootnetx64.efi"
+SHIM_ARM64 = "debian-installer/arm64/bootnetaa64.efi"
+UEFI_ARCHES = frozenset({ARCH_EFI_X64, ARCH_EFI_BC, ARCH_EFI_ARM64, ARCH_EFI_X64_HTTP,
+                         ARCH_EFI_ARM64_HTTP})
+ARM64_ARCHES = frozenset({ARCH_EFI_ARM64, ARCH_EFI_ARM64_HTTP})
 
 BIOS_BINARIES = ("undionly.kpxe",)
 X64_BINARIES = ("snponly.efi", "ipxe.efi")
@@ -139,10 +162,31 @@ def is_boot_client(msg: ClientMessage) -> bool:
             or msg.vendor_class.startswith(VENDOR_HTTP))
 
 
+def needs_machine(msg: ClientMessage) -> bool:
+    """Whether the boot file depends on the machine (its loader or its OS), so
+    it can only be chosen once the store has answered."""
+    if is_ipxe(msg) or msg.vendor_class.startswith(VENDOR_HTTP):
+        return True
+    return client_arch(msg) in UEFI_ARCHES
+
+
 class BootChain:
-    def __init__(self, public_url: str, catalogue: BinaryCatalogue) -> None:
+    def __init__(self, public_url: str, catalogue: BinaryCatalogue, *,
+                 loader: str = "ipxe", arm64_loader: str = "auto") -> None:
         self.public_url = public_url.rstrip("/")
         self.catalogue = catalogue
+        self.loader = loader
+        self.arm64_loader = arm64_loader
+
+    def loader_for(self, arch: int | None, machine: Assignment | None) -> str:
+        """``ipxe`` or ``shim``: the machine's own choice, else the default for its arch."""
+        if machine is not None and machine.loader:
+            return machine.loader
+        if arch not in ARM64_ARCHES:
+            return self.loader
+        if self.arm64_loader == "auto":  # iPXE if the data folder has one for ARM64
+            return "ipxe" if any(self.catalogue.present.get(n) for n in ARM64_BINARIES) else "shim"
+        return self.arm64_loader
 
     def script_url(self, mac: str, machine: Assignment | None) -> str:
         if machine is None or not machine.os:
@@ -164,6 +208,8 @@ class BootChain:
             return BootChoice(self.script_url(msg.mac, machine), "ipxe")
         arch = client_arch(msg)
         if msg.vendor_class.startswith(VENDOR_HTTP):
+            if self.loader_for(arch, machine) == "shim":
+                return None  # GRUB cannot go on over HTTP: let the firmware try PXE
             name = self.binary_for(arch if arch is not None else ARCH_EFI_X64_HTTP)
             if name is None:
                 return None
@@ -171,5 +217,7 @@ class BootChain:
                               VENDOR_HTTP)
         if arch is None and not msg.vendor_class.startswith(VENDOR_PXE):
             return None
+        if arch in UEFI_ARCHES and self.loader_for(arch, machine) == "shim":
+            return BootChoice(SHIM_ARM64 if arch in ARM64_ARCHES else SHIM_X64, "firmware")
         name = self.binary_for(arch if arch is not None else ARCH_BIOS)
         return BootChoice(name, "firmware") if name is not None else None

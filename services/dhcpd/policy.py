@@ -33,7 +33,8 @@ from astralboot.common.messages import (
 )
 
 from astralboot.services.dhcpd.addresses import ip_bytes
-from astralboot.services.dhcpd.bootchain import Assignment, BootChain, BootChoice, is_ipxe
+from astralboot.services.dhcpd.bootchain import (Assignment, BootChain, BootChoice, client_arch,
+                                                 is_ipxe, needs_machine)
 from astralboot.services.dhcpd.constants import (
     CLIENT_PORT,
     DHCPACK,
@@ -260,6 +261,9 @@ class DhcpPolicy:
         chosen with the grant."""
         if is_ipxe(msg):
             return IPXE_PLAN
+        if needs_machine(msg):  # UEFI: the machine's loader decides
+            arch = client_arch(msg)
+            return BootPlan(False, None, f"uefi arch {arch}" if arch is not None else "uefi")
         choice = self.boot.choose(msg, None)
         return BootPlan(True, choice, choice.filename if choice else "")
 

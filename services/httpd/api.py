@@ -3,7 +3,8 @@
 - ``GET /api/machines[?os=]``, ``GET /api/machines/<mac>``;
   ``PATCH /api/machines/<mac>`` changes the fields given (``null`` clears one),
   ``PUT`` also clears ``os``, ``class``, ``labels`` and ``boot_once`` when absent.
-  Fields: ``name``, ``os``, ``class`` (or ``machine_class``), ``labels``, ``boot_once``.
+  Fields: ``name``, ``os``, ``class`` (or ``machine_class``), ``labels``, ``boot_once``,
+  ``loader`` (``ipxe`` or ``shim``).
 - ``GET /api/leases[?state=&subnet=]``
 - ``GET /api/events[?mac=&after=&limit=]``
 - ``GET /api/content?path=``: digest and size (and entries of a folder)
@@ -23,7 +24,7 @@ from astralboot.common import __version__
 from astralboot.common.bus.schema import Record, record_to_dict
 from astralboot.common.config import Config
 from astralboot.common.errors import AstralBootError
-from astralboot.common.messages import MACHINE_FIELDS, MachineRecord, MachineSet
+from astralboot.common.messages import LOADERS, MACHINE_FIELDS, MachineRecord, MachineSet
 from astralboot.services.httpd.auth import with_actor
 from astralboot.services.httpd.bootonce import NEXT_BOOT_LABEL, next_boot
 from astralboot.services.httpd.catalog import Catalog, Directory
@@ -109,11 +110,12 @@ class MachineResource:
         unknown = set(body) - set(MACHINE_FIELDS)
         if unknown:
             raise _bad(f"unknown field(s): {', '.join(sorted(unknown))}; "
-                       f"known: name, os, class, labels, boot_once")
+                       f"known: name, os, class, labels, boot_once, loader")
         fields: dict[str, Any] = {}
         clear = [k for k, v in body.items() if v is None]
         if replace:
-            clear += [k for k in ("os", "machine_class", "labels", "boot_once") if k not in body]
+            clear += [k for k in ("os", "machine_class", "labels", "boot_once", "loader")
+                      if k not in body]
         name = body.get("name")
         if name is not None:
             if not isinstance(name, str) or len(name) > 253 or not _NAME.fullmatch(name):
@@ -150,6 +152,11 @@ class MachineResource:
                 raise _bad("labels must map names like rack or astralboot/x to values of "
                            "letters, digits and ._:/@+,-")
             fields["labels"] = labels
+        loader = body.get("loader")
+        if loader is not None:
+            if loader not in LOADERS:
+                raise _bad(f"loader must be one of {', '.join(LOADERS)}")
+            fields["loader"] = loader
         once = body.get("boot_once")
         if once is not None:
             if not isinstance(once, bool):

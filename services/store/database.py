@@ -34,7 +34,7 @@ from astralboot.services.store.models import boot_events, leases, machines, pool
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0003"  # the newest revision in migrations/versions (a test checks)
+SCHEMA_HEAD = "0004"  # the newest revision in migrations/versions (a test checks)
 BUSY_TIMEOUT_MS = 30_000
 WAL_SIZE_LIMIT = 64 << 20  # bytes a checkpointed SQLite WAL file is cut back to
 CHECKPOINT_INTERVAL = 1.0  # seconds between SQLite WAL checkpoints
@@ -142,7 +142,8 @@ Read = Callable[[Connection], Any]
 
 LEASE_KEYS = ("address", "subnet", "mac", "client_id", "hostname", "state", "expires",
               "lease_time", "updated")
-MACHINE_KEYS = ("mac", "name", "os", "class", "labels", "boot_once", "first_seen", "last_seen")
+MACHINE_KEYS = ("mac", "name", "os", "class", "labels", "boot_once", "first_seen", "last_seen",
+                "loader")
 EVENT_KEYS = ("id", "time", "mac", "ip", "service", "stage", "detail")
 
 

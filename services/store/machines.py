@@ -1,4 +1,4 @@
-"""The machines the store has seen: names, OS, class, labels, boot-once.
+"""The machines the store has seen: names, OS, class, labels, boot-once, loader.
 
 A machine is created on its first bound lease, named ``nodeN`` as the
 original server did (N is the address's offset in its subnet, so
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from astralboot.common.errors import ErrorCode
-from astralboot.common.messages import MachineRecord, MachineSet
+from astralboot.common.messages import LOADERS, MachineRecord, MachineSet
 from astralboot.common.names import DEFAULT_MACHINE_NAME as _NODE
 from astralboot.common.names import MACHINE_NAME as _LABEL
 from astralboot.common.names import WORD as _WORD
@@ -32,19 +32,20 @@ class Machine:
     boot_once: bool = False
     first_seen: float = 0.0
     last_seen: float = 0.0
+    loader: str | None = None
     stored: bool = False
 
     def record(self, ip: str | None) -> MachineRecord:
         return MachineRecord(mac=self.mac, name=self.name, os=self.os,
                              machine_class=self.machine_class, labels=dict(self.labels),
                              boot_once=self.boot_once, first_seen=self.first_seen,
-                             last_seen=self.last_seen, ip=ip)
+                             last_seen=self.last_seen, ip=ip, loader=self.loader)
 
     def row(self) -> dict[str, Any]:
         return {"mac": self.mac, "name": self.name, "os": self.os,
                 "machine_class": self.machine_class, "labels": dict(self.labels),
                 "boot_once": self.boot_once, "first_seen": self.first_seen,
-                "last_seen": self.last_seen}
+                "last_seen": self.last_seen, "loader": self.loader}
 
 
 class MachineBook:
@@ -58,7 +59,7 @@ class MachineBook:
             m = Machine(mac=row["mac"], name=row["name"], os=row["os"],
                         machine_class=row["machine_class"], labels=dict(row["labels"] or {}),
                         boot_once=bool(row["boot_once"]), first_seen=row["first_seen"],
-                        last_seen=row["last_seen"], stored=True)
+                        last_seen=row["last_seen"], loader=row.get("loader"), stored=True)
             self.by_mac[m.mac] = m
             self.by_name[m.name] = m
             number = _NODE.fullmatch(m.name)
@@ -96,6 +97,9 @@ class MachineBook:
         for what, value in (("os", req.os), ("machine_class", req.machine_class)):
             if value is not None and not _WORD.fullmatch(value):
                 raise Refusal(ErrorCode.BAD_REQUEST, f"{what}: {value!r} is not a valid name")
+        if req.loader is not None and req.loader not in LOADERS:
+            raise Refusal(ErrorCode.BAD_REQUEST,
+                          f"loader: {req.loader!r} is not one of {', '.join(LOADERS)}")
         if req.labels is not None:
             problem = label_problem(req.labels)
             if problem is not None:
@@ -119,6 +123,8 @@ class MachineBook:
             m.labels = {}
         if "boot_once" in req.clear:
             m.boot_once = False
+        if "loader" in req.clear:
+            m.loader = None
         if req.name is not None and req.name != m.name:
             self._rename(m, req.name)
         if req.os is not None:
@@ -129,6 +135,8 @@ class MachineBook:
             m.labels = dict(req.labels)
         if req.boot_once is not None:
             m.boot_once = req.boot_once
+        if req.loader is not None:
+            m.loader = req.loader
         return m, self._write(m)
 
     def imported(self, mac: str, name: str | None, os: str | None, machine_class: str | None,

@@ -74,6 +74,7 @@ class MachineRow(Base):
     boot_once: Mapped[bool] = mapped_column(Boolean, default=False)
     first_seen: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float)
+    loader: Mapped[str | None] = mapped_column(String(8))
 
 
 class ReservationRow(Base):

@@ -215,7 +215,8 @@ class StoreService:
                machine: Machine | None) -> LeaseGrant:
         return LeaseGrant(ip=ip, state=state, lease_time=lease_time,  # type: ignore[arg-type]
                           expires=expires, name=machine.name if machine else None,
-                          os=machine.os if machine else None, mac=mac)
+                          os=machine.os if machine else None, mac=mac,
+                          loader=machine.loader if machine else None)
 
     def _seen(self, lease: Lease, now: float) -> tuple[Machine, Write]:
         number = lease.address - self.book.pools[lease.subnet].base
@@ -394,8 +395,8 @@ class StoreService:
         mac = _mac(req.mac)
         if mac != req.mac:
             req = MachineSet(mac=mac, name=req.name, os=req.os, machine_class=req.machine_class,
-                             labels=req.labels, boot_once=req.boot_once, clear=req.clear,
-                             actor=req.actor, request_id=req.request_id)
+                             labels=req.labels, boot_once=req.boot_once, loader=req.loader,
+                             clear=req.clear, actor=req.actor, request_id=req.request_id)
         lease = self.book.by_mac(mac, now)
         number = None
         if lease is not None:
@@ -532,6 +533,8 @@ def _describe(m: Machine) -> str:
         parts.append(f"class={m.machine_class}")
     if m.boot_once:
         parts.append("boot_once")
+    if m.loader:
+        parts.append(f"loader={m.loader}")
     return " ".join(parts)
 
 

@@ -135,10 +135,67 @@ def test_arm64_uses_whichever_arm64_binary_exists() -> None:
     assert boot_file(offer_for(arch=11, binaries={"ipxe-arm64.efi"})) == "ipxe-arm64.efi"
 
 
-def test_arm64_without_a_binary_gets_an_address_but_no_boot_file() -> None:
+def test_arm64_without_an_ipxe_binary_gets_debians_signed_shim() -> None:
+    """Debian ships no iPXE for ARM64: by default ([uefi] arm64_loader = "auto")
+    such a machine boots shim and GRUB from the ARM64 netboot package."""
     p = offer_for(arch=11, binaries={"snponly.efi"})
     assert p.yiaddr != "0.0.0.0"
-    assert boot_file(p) is None
+    assert boot_file(p) == "debian-installer/arm64/bootnetaa64.efi"
+    assert boot_file(offer_for(arch=11, binaries={"snponly.efi"},
+                               machine={"loader": "ipxe"})) is None  # asked for, not there
+
+
+# --- the loader: iPXE, or Debian's signed shim for Secure Boot ------------------
+
+def offer_with(loader_default: str, **kw: Any) -> Packet:
+    """As offer_for, with ``[uefi] loader`` set to ``loader_default``."""
+    config = make_config()
+    store = InProcessStore(config, binaries={"snponly.efi"})
+    machine = kw.pop("machine", None)
+    if machine is not None:
+        assert store.machine(MAC, **machine) is not None
+    catalogue = BinaryCatalogue()
+    policy = DhcpPolicy(config=config, store=store,
+                        boot=BootChain(URL, catalogue, loader=loader_default),
+                        report=lambda *e: None, stats=Counter())
+
+    async def run() -> Packet:
+        await catalogue.refresh(store.request)
+        out = await policy.handle(client_message(c.DHCPDISCOVER, **kw))
+        assert out is not None and out.message_type == c.DHCPOFFER
+        return decode(out.payload)
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("arch", [7, 9])
+def test_a_machine_set_to_shim_gets_shim_in_the_file_field(arch: int) -> None:
+    # shim takes the folder it loads grubx64.efi from out of the BOOTP file field.
+    p = offer_for(arch=arch, vendor=PXE_X64, binaries={"snponly.efi"},
+                  machine={"loader": "shim"})
+    assert boot_file(p) == "debian-installer/amd64/bootnetx64.efi"
+    assert p.file == b"debian-installer/amd64/bootnetx64.efi"
+
+
+def test_the_configured_default_loader_and_a_machines_own_choice() -> None:
+    assert boot_file(offer_with("shim", arch=7, vendor=PXE_X64)) == \
+        "debian-installer/amd64/bootnetx64.efi"
+    assert boot_file(offer_with("shim", arch=7, vendor=PXE_X64,
+                                machine={"loader": "ipxe"})) == "snponly.efi"
+    # BIOS machines have no Secure Boot: the loader never changes theirs.
+    assert boot_file(offer_with("shim", arch=0, machine={"loader": "shim"})) == "undionly.kpxe"
+
+
+def test_uefi_http_boot_of_a_shim_machine_is_not_answered_so_the_firmware_tries_pxe() -> None:
+    p = offer_for(arch=16, vendor=b"HTTPClient:Arch:00016:UNDI:003001",
+                  binaries={"snponly.efi"}, machine={"loader": "shim"})
+    assert p.yiaddr != "0.0.0.0" and boot_file(p) is None
+
+
+def test_ipxe_on_a_shim_machine_still_gets_its_script() -> None:
+    # (a machine without Secure Boot set to shim by mistake can still run iPXE)
+    p = offer_for(user_class=b"iPXE", arch=7, machine={"loader": "shim", "os": "debian"})
+    assert boot_file(p) == f"{URL}/boot/debian/{MAC}"
 
 
 def test_url_longer_than_the_file_field_travels_in_option_67_only() -> None:

@@ -73,8 +73,9 @@ class FakeStore:
             m = MachineRecord(mac=change.mac, name=f"node{self._next}")
             self._next += 1
         fields = {f: getattr(m, f) for f in ("name", "os", "machine_class", "labels",
-                                              "boot_once", "first_seen", "last_seen", "ip")}
-        for f in ("name", "os", "machine_class", "labels", "boot_once"):
+                                              "boot_once", "first_seen", "last_seen", "ip",
+                                              "loader")}
+        for f in ("name", "os", "machine_class", "labels", "boot_once", "loader"):
             v = getattr(change, f)
             if v is not None:
                 fields[f] = v

@@ -27,12 +27,12 @@ def test_machines_list_and_show(client: Client, fake: FakeStore) -> None:
 def test_patch_sets_name_os_class_labels_and_boot_once(client: Client, fake: FakeStore) -> None:
     r = client.simulate_patch(f"/api/machines/{MAC}", json={
         "name": "etcd1", "os": "flatcar", "class": "etcd", "labels": {"rack": "r12"},
-        "boot_once": True})
+        "boot_once": True, "loader": "shim"})
     assert r.status_code == 200, r.text
     m = fake.machines_by_mac[MAC]
-    assert (m.name, m.os, m.machine_class, m.labels, m.boot_once) == \
-        ("etcd1", "flatcar", "etcd", {"rack": "r12"}, True)
-    assert r.json["machine_class"] == "etcd"
+    assert (m.name, m.os, m.machine_class, m.labels, m.boot_once, m.loader) == \
+        ("etcd1", "flatcar", "etcd", {"rack": "r12"}, True, "shim")
+    assert r.json["machine_class"] == "etcd" and r.json["loader"] == "shim"
 
 
 def test_patch_null_clears_and_put_replaces(client: Client, fake: FakeStore) -> None:
@@ -53,6 +53,7 @@ def test_changes_are_validated(client: Client, fake: FakeStore) -> None:
         ({"name": "a\nchain http://x/"}, "host name"),
         ({"labels": {"k": "${x}"}}, "labels"),
         ({"boot_once": "yes"}, "true or false"),
+        ({"loader": "grub"}, "loader must be one of ipxe, shim"),
         ({"colour": "red"}, "unknown field"),
     ]:
         r = client.simulate_patch(url, json=body)

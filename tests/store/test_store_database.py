@@ -41,7 +41,7 @@ def lease(ip: str, mac: str, state: str = "bound") -> dict[str, object]:
 
 def machine(mac: str, name: str) -> dict[str, object]:
     return {"mac": mac, "name": name, "os": None, "machine_class": None, "labels": {"k": "v"},
-            "boot_once": True, "first_seen": 1.0, "last_seen": 2.0}
+            "boot_once": True, "first_seen": 1.0, "last_seen": 2.0, "loader": "shim"}
 
 
 def test_one_batch_holds_every_kind_of_write(db: Database) -> None:
@@ -62,6 +62,7 @@ def test_one_batch_holds_every_kind_of_write(db: Database) -> None:
     assert [(r["address"], r["state"]) for r in snapshot.leases] == [("10.9.0.10", "released")]
     assert snapshot.machines[0]["labels"] == {"k": "v"}
     assert snapshot.machines[0]["boot_once"] is True
+    assert snapshot.machines[0]["loader"] == "shim"
     assert snapshot.reservations[0]["address"] == "10.9.0.50"
     assert (snapshot.last_event_id, snapshot.event_count) == (5, 5)
 

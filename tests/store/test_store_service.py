@@ -62,3 +62,18 @@ def test_the_event_log_is_pruned_in_small_steps(svc: StoreService,
 def test_requests_for_others_are_refused(svc: StoreService) -> None:
     reply = svc.handle(ContentStat(path="tftp/x"), 1.0).reply
     assert isinstance(reply, ErrorReply) and reply.code == "bad_request"
+
+
+def test_a_machines_loader_is_kept_handed_to_dhcp_and_checked(svc: StoreService) -> None:
+    from astralboot.common.messages import MachineReply, MachineSet
+    mac = "02:00:00:00:00:04"
+    set_ = svc.handle(MachineSet(mac=mac, loader="shim"), 1.0)
+    assert isinstance(set_.reply, MachineReply) and set_.reply.machine.loader == "shim"
+    assert [w.row["loader"] for w in set_.writes if isinstance(w, MachineWrite)] == ["shim"]
+    # dhcpd learns it with the grant, no second question to the store
+    grant = svc.handle(LeaseOffer(mac=mac, subnet=NETWORK), 2.0).reply
+    assert isinstance(grant, LeaseGrant) and grant.loader == "shim"
+    wrong = svc.handle(MachineSet(mac=mac, loader="grub"), 3.0).reply
+    assert isinstance(wrong, ErrorReply) and "loader: 'grub' is not one of ipxe, shim" in wrong.detail
+    cleared = svc.handle(MachineSet(mac=mac, clear=("loader",)), 4.0).reply
+    assert isinstance(cleared, MachineReply) and cleared.machine.loader is None
