@@ -20,7 +20,7 @@ die() { printf 'run.sh: %s\n' "$*" >&2; exit 2; }
 
 # What every use needs: Python, namespaces, QEMU and the firmware and images it boots.
 APT_RUN="python3 python3-venv iproute2 qemu-system-x86 ipxe-qemu ipxe ovmf
-         debian-installer-12-netboot-amd64"
+         debian-installer-12-netboot-amd64 debian-installer-12-netboot-arm64"
 # Real clients and peers the tests drive, a real IPFS node (npm), PostgreSQL.
 APT_TEST="curl busybox udhcpc isc-dhcp-client isc-dhcp-relay kea-admin dnsmasq-base tftp-hpa atftp
           bind9-dnsutils postgresql systemd systemd-container mmdebstrap openssl"

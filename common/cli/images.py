@@ -31,7 +31,9 @@ links = { "etc/runlevels/default/local" = "/etc/init.d/local" }
 ```
 
 :func:`populate` does the package part and copies the iPXE loaders from
-Debian's ``ipxe`` package; :func:`fetch` does the rest. Nothing unverified
+Debian's ``ipxe`` package and, for Secure Boot machines, the signed shim and
+GRUB from the netboot installer packages (``tftp/debian-installer/<arch>/``,
+the folder GRUB's built-in prefix names); :func:`fetch` does the rest. Nothing unverified
 is ever put in place: downloads go to a temporary file that is renamed only
 after its digest matched.
 """
@@ -59,6 +61,10 @@ IPXE = Path("/usr/lib/ipxe")
 # loader → the data folders it belongs in (PXE ROMs use TFTP; UEFI HTTP boot uses /bin/)
 IPXE_LOADERS = {"undionly.kpxe": ("tftp",), "ipxe.efi": ("tftp", "bin"),
                 "snponly.efi": ("tftp", "bin")}
+# Debian's signed shim and GRUB (netboot installer packages), per architecture.
+NETBOOT = Path("/usr/lib/debian-installer/images/12")
+SHIM_LOADERS = {"amd64": ("bootnetx64.efi", "grubx64.efi"),
+                "arm64": ("bootnetaa64.efi", "grubaa64.efi")}
 TIMEOUT = 60.0
 CHUNK = 1 << 20
 
@@ -171,7 +177,7 @@ def _size(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.1f} MB"
 
 
-def populate(data_dir: Path, *, ipxe: Path = IPXE) -> list[str]:
+def populate(data_dir: Path, *, ipxe: Path = IPXE, netboot: Path = NETBOOT) -> list[str]:
     """Copy images from installed packages into ``data_dir``; say what was done.
 
     Every OS's ``package`` sources (the Debian netboot installer) and the
@@ -209,6 +215,20 @@ def populate(data_dir: Path, *, ipxe: Path = IPXE) -> list[str]:
             else:
                 _copy(src, dest)
                 done.append(f"{rel}: copied from {ipxe / loader} ({_size(dest)})")
+    for arch, loaders in SHIM_LOADERS.items():
+        folder = netboot / arch / "text" / "debian-installer" / arch
+        for loader in loaders:
+            src = folder / loader
+            dest = data_dir / "tftp" / "debian-installer" / arch / loader
+            rel = dest.relative_to(data_dir)
+            if not src.is_file():
+                done.append(f"{rel}: not copied, {src} is not installed (Debian package "
+                            f"debian-installer-12-netboot-{arch}; needed for Secure Boot)")
+            elif _same(src, dest):
+                done.append(f"{rel}: already there")
+            else:
+                _copy(src, dest)
+                done.append(f"{rel}: copied from {src} ({_size(dest)})")
     return done
 
 

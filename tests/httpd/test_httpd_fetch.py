@@ -161,6 +161,13 @@ def test_populate_copies_the_debian_installer_and_ipxe_loaders(tmp_path: Path) -
         assert (data / "tftp" / name).is_file()
     for name in ("ipxe.efi", "snponly.efi"):
         assert (data / "bin" / name).is_file()
+    # Secure Boot: Debian's signed shim and GRUB, where GRUB's built-in prefix looks.
+    for arch, names in (("amd64", ("bootnetx64.efi", "grubx64.efi")),
+                        ("arm64", ("bootnetaa64.efi", "grubaa64.efi"))):
+        package = Path(f"/usr/lib/debian-installer/images/12/{arch}/text/debian-installer/{arch}")
+        for name in names:
+            copied = data / "tftp" / "debian-installer" / arch / name
+            assert copied.read_bytes() == (package / name).read_bytes(), copied
     assert any(line.startswith("boot/debian/images/linux: copied from") for line in done)
     assert all("already there" in line or "not copied" in line for line in populate(data))
 
