@@ -53,7 +53,7 @@ def _mac() -> str:
 
 
 def _boot(lab: Lab, work: Path, data: Path, firmware: str, assign: str | None,
-          labels: dict[str, str] | None = None,
+          labels: dict[str, str] | None = None, loader: str | None = None,
           then: Callable[[ServeProcess, Guest, Timeline], None] | None = None,
           ) -> tuple[Timeline, Config, str]:
     """Boot a new guest to its preseed fetch; ``then`` looks on while it goes on."""
@@ -66,9 +66,9 @@ def _boot(lab: Lab, work: Path, data: Path, firmware: str, assign: str | None,
                                                  "dns.log_queries": True}))
     guest = Guest(firmware=firmware, mac=mac, tap=tap, workdir=work)  # type: ignore[arg-type]
     with ServeProcess(config, lab.server, work / "serve.log") as serve:
-        if assign or labels:
+        if assign or labels or loader:
             with SyncBusClient(config.bus.endpoint) as bus:
-                bus.call(MachineSet(mac=mac, os=assign, labels=labels))
+                bus.call(MachineSet(mac=mac, os=assign, labels=labels, loader=loader))
         try:
             with WatchedBoot(guest, lab.server, config.bus.events) as boot:
                 boot.wait_for("http.template", BOOT_TIMEOUT)
@@ -180,4 +180,70 @@ def test_uefi_guest_with_an_assigned_os_boots_straight_into_it(lab: Lab, short_t
     assert tftp is not None and "snponly.efi" in tftp.detail
     scripts = [e.detail for e in timeline.events if e.stage == "http.script"]
     assert scripts == ["debian/start"], scripts  # straight to its own script, no menu
+    _check_lease(timeline, config)
+
+
+# --- the machines iPXE cannot boot, or does not reach first --------------------------
+
+def _console_has(guest: Guest, text: str) -> bool:
+    return text in guest.console_log.read_bytes().decode("utf-8", "replace")
+
+
+def test_a_secure_boot_guest_boots_through_shim_and_grub_to_the_preseed(
+        lab: Lab, short_tmp: Path, data_folder: Path) -> None:
+    """OVMF with Secure Boot on and Microsoft's keys: Debian's signed shim, its
+    signed GRUB with a config rendered for this machine, the signed kernel."""
+    seen: dict[str, bool] = {}
+
+    def enforced(serve: ServeProcess, guest: Guest, timeline: Timeline) -> None:
+        seen["secure"] = _console_has(guest, "Secure Boot is enabled")
+
+    timeline, config, mac = _boot(lab, short_tmp, data_folder, "uefi-secure", assign=None,
+                                  loader="shim", then=enforced)
+    stages = timeline.stages()
+    assert _in_order(stages, ["dhcp.ack", "tftp.sent", "tftp.sent", "http.script",
+                              "tftp.sent", "tftp.sent", "dhcp.ack", "http.template"]), stages
+    sent = [e.detail.split()[0] for e in timeline.events if e.stage == "tftp.sent"]
+    assert sent[:2] == ["debian-installer/amd64/bootnetx64.efi",
+                        "debian-installer/amd64/grubx64.efi"], sent
+    assert "image/debian/linux" in sent and "image/debian/initrd.gz" in sent, sent
+    scripts = [e.detail for e in timeline.events if e.stage == "http.script"]
+    assert scripts[:2] == ["grub menu", "debian chosen"], scripts  # the menu, then its default
+    assert seen["secure"], "the kernel did not say Secure Boot was on"
+    _check_lease(timeline, config)
+
+
+def test_the_same_secure_boot_guest_refuses_ipxe(lab: Lab, short_tmp: Path,
+                                                 data_folder: Path) -> None:
+    """The negative control: handed iPXE (loader ipxe), the same firmware
+    downloads it and refuses to run it, so the test above proves shim."""
+    mac = _mac()
+    config = load(write_config(short_tmp, interface=lab.bridge, address=lab.server_address,
+                               data=data_folder, extra={"dns.upstream": []}))
+    guest = Guest(firmware="uefi-secure", mac=mac, tap=lab.add_tap(), workdir=short_tmp)
+    with ServeProcess(config, lab.server, short_tmp / "serve.log") as serve:
+        try:
+            with WatchedBoot(guest, lab.server, config.bus.events) as boot:
+                sent = boot.wait_for("tftp.sent", BOOT_TIMEOUT)
+                deadline = time.monotonic() + 120
+                while not _console_has(guest, "Access Denied"):
+                    assert time.monotonic() < deadline, "the firmware ran iPXE"
+                    boot.collect(timeout=1)
+        except Exception as exc:
+            raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}\n"
+                                 f"--- serve ---\n{serve.tail()}") from None
+    assert "snponly.efi" in sent.detail
+    assert "http.script" not in boot.timeline.stages()  # iPXE never ran
+
+
+def test_a_uefi_http_boot_guest_reaches_the_preseed_without_tftp(
+        lab: Lab, short_tmp: Path, data_folder: Path) -> None:
+    """OVMF's own HTTP boot (PXE switched off): iPXE by URL, then as usual."""
+    timeline, config, mac = _boot(lab, short_tmp, data_folder, "uefi-http", assign="debian")
+    stages = timeline.stages()
+    assert "tftp.sent" not in stages, stages
+    assert _in_order(stages, ["dhcp.ack", "http.image", "dhcp.ack", "http.script",
+                              "http.image", "http.image", "dhcp.ack", "http.template"]), stages
+    first = timeline.first("http.image")
+    assert first is not None and "snponly.efi" in first.detail
     _check_lease(timeline, config)
