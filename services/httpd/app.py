@@ -19,7 +19,7 @@ from astralboot.common.bus.events import HTTP_IMAGE
 from astralboot.common.config import Config
 from astralboot.common.errors import AstralBootError, BusTimeout, ErrorCode, RemoteError
 from astralboot.common.names import ipv4_text
-from astralboot.services.httpd import actions, api, images, menus
+from astralboot.services.httpd import actions, api, grubmenus, images, menus
 from astralboot.services.httpd.auth import AdminAuth
 from astralboot.services.httpd.catalog import Catalog, Directory
 from astralboot.services.httpd.errors import BadInput, BadTemplate, Unserved
@@ -40,6 +40,10 @@ ROUTES = {
     "/class/{os}/{mac}": "class",
     "/setclass/{os}/{cls}/{mac}": "setclass",
     "/boot/{os}/{mac}": "boot",
+    "/grub/{mac}": "boot",  # GRUB's counterparts of the iPXE URLs count with them
+    "/grub/choose/{os}/{mac}": "choose",
+    "/grub/class/{os}/{mac}": "class",
+    "/grub/setclass/{os}/{cls}/{mac}": "setclass",
     "/image/{os}/{path:path}": "image",
     "/bin/{path:path}": "bin",
     "/tftp/{path:path}": "tftp",
@@ -127,7 +131,8 @@ def create_app(store: StoreClient, config: Config, *, metrics: Metrics | None = 
     admin = frozenset(route for route, label in ROUTES.items() if label in ("api", "metrics"))
     auth = AdminAuth(store, admin, listener=admin_listener,
                      boot_face_admin=config.admin.boot_face or admin_listener is None)
-    app = HttpdApp(middleware=[PeerAddress(), MetricsMiddleware(metrics, ROUTES), auth])
+    app = HttpdApp(middleware=[PeerAddress(), grubmenus.RelayedClient(str(config.address)),
+                               MetricsMiddleware(metrics, ROUTES), auth])
     app.req_options.strip_url_path_trailing_slash = False
     app.reporter, app.catalog, app.directory, app.metrics = reporter, catalog, directory, metrics
 
@@ -139,6 +144,17 @@ def create_app(store: StoreClient, config: Config, *, metrics: Metrics | None = 
     app.add_route("/class/{os}/{mac}", menus.ClassMenuResource(config, catalog, reporter))
     app.add_route("/setclass/{os}/{cls}/{mac}", assign)
     app.add_route("/boot/{os}/{mac}", menus.BootResource(catalog, directory, renderer, reporter))
+
+    # The same choices for Secure Boot machines, whose GRUB reads them through tftpd.
+    start = grubmenus.GrubStart(config, catalog, renderer)
+    grub_assign = grubmenus.GrubAssignResource(catalog, directory, renderer, reporter, start,
+                                               enabled=config.http.self_service)
+    app.add_route("/grub/{mac}",
+                  grubmenus.GrubMachineResource(config, catalog, directory, start, reporter))
+    app.add_route("/grub/choose/{os}/{mac}", grub_assign)
+    app.add_route("/grub/class/{os}/{mac}", grubmenus.GrubClassMenuResource(config, catalog,
+                                                                            reporter))
+    app.add_route("/grub/setclass/{os}/{cls}/{mac}", grub_assign)
 
     app.add_route("/image/{os}/{path:path}",
                   images.FileResource(catalog, reporter, images.image_folder))
