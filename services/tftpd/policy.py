@@ -1,8 +1,12 @@
 """What the server does with a request; decisions only, no sockets.
 
 :class:`ReadService` turns an RRQ into a :class:`Transfer`, the ERROR
-that refuses it, or :class:`NoMemory` (not now), asking an injected
-:class:`ContentSource` and, for netascii, the shared :class:`NetasciiCache`.
+that refuses it, or :class:`NoMemory` (not now). Where the bytes come from
+is decided by :func:`~.paths.route`: a stored file from an injected
+:class:`ContentSource` (and, for netascii, the shared
+:class:`NetasciiCache`), or a page httpd renders for GRUB from injected
+:class:`Pages`, for the machine that injected :class:`Leases` say holds
+the client's address when the name does not say which.
 :class:`SessionTable` decides who may start a transfer: a cap on sessions,
 a cap per client address (so one noisy machine cannot starve a rack that
 boots at once), and what a second RRQ from the same address and port means.
@@ -13,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass
-from typing import Generic, Iterator, Protocol, TypeVar
+from typing import Awaitable, Callable, Generic, Iterator, Protocol, TypeVar
 
 from astralboot.common.errors import ErrorCode
 
@@ -21,8 +25,9 @@ from astralboot.services.tftpd.files import FileError, ContentSource
 from astralboot.services.tftpd.netascii import NetasciiCache, NoRoom, Text
 from astralboot.services.tftpd.options import Limits, negotiate
 from astralboot.services.tftpd.packets import (Ack, Data, Error, TftpCode, Mode, OptionAck, Packet, ReadRequest,
-                      WriteRequest, encode_error)
-from astralboot.services.tftpd.paths import store_path
+                      WriteRequest, encode_error, to_netascii)
+from astralboot.services.tftpd.paths import GrubPage, MachineGrubConfig, Route, StoreFile, route
+from astralboot.services.tftpd.rendered import Failure, PageError
 from astralboot.services.tftpd.transfer import Address, Transfer
 
 READ_ONLY = encode_error(TftpCode.ACCESS_VIOLATION, "this server is read-only")
@@ -73,38 +78,118 @@ class NoMemory:
     available: int
 
 
+class Pages(Protocol):
+    async def get(self, path: str, client_ip: str) -> bytes:
+        """httpd's page at ``path`` for the machine at ``client_ip``, or :class:`PageError`."""
+
+
+class Leases(Protocol):
+    async def mac_of(self, ip: str) -> str:
+        """The MAC that holds ``ip``, or :class:`FileError`."""
+
+
+# The TFTP code for a refusal by httpd's status; any other failure is code 0
+# (not defined), which GRUB shows with the message and tftpd reports.
+_FROM_HTTP_STATUS = {
+    400: TftpCode.ACCESS_VIOLATION,
+    403: TftpCode.ACCESS_VIOLATION,
+    404: TftpCode.FILE_NOT_FOUND,
+}
+
+
+def page_refusal(exc: PageError, what: str) -> Error:
+    code = TftpCode.NOT_DEFINED
+    if exc.failure is Failure.STATUS and exc.status is not None:
+        code = _FROM_HTTP_STATUS.get(exc.status, TftpCode.NOT_DEFINED)
+    return Error(code, f"{what}: {exc.detail}"[:200])
+
+
+def lease_refusal(exc: FileError, ip: str) -> Error:
+    code = _FROM_STORE.get(exc.code, TftpCode.NOT_DEFINED)
+    if code is TftpCode.FILE_NOT_FOUND:
+        return Error(code, (f"no GRUB config: no machine holds {ip} ({exc.detail}); "
+                            "ask for grub.cfg-01-<mac>")[:200])
+    return Error(code, f"no GRUB config: {exc.detail}"[:200])
+
+
+Content = Text | Error | NoMemory
+Opener = Callable[["ReadService", Route, ReadRequest, Address], Awaitable[Content]]
+
+
 class ReadService:
     """RRQ in, transfer or refusal out."""
 
     def __init__(self, content: ContentSource, limits: Limits, *, retries: int,
-                 netascii: NetasciiCache) -> None:
+                 netascii: NetasciiCache, pages: Pages | None = None,
+                 leases: Leases | None = None) -> None:
         self.content = content
         self.limits = limits
         self.retries = retries
         self.netascii = netascii
+        self.pages = pages
+        self.leases = leases
 
     async def open(self, request: ReadRequest, peer: Address) -> Transfer | Error | NoMemory:
         if request.mode is Mode.MAIL:
             return Error(TftpCode.ILLEGAL_OPERATION, "mail mode is not supported")
-        path = store_path(request.filename)
-        if isinstance(path, Error):
-            return path
-        try:
-            blob = await self.content.open(path)
-        except FileError as exc:
-            return refusal_for(exc)
-        data: Text = blob.data
-        if request.mode is Mode.NETASCII:
-            try:
-                data = await self.netascii.open(blob)
-            except NoRoom as exc:
-                if exc.for_now:
-                    return NoMemory(exc.needed, exc.available)
-                return Error(TftpCode.NOT_DEFINED,
-                             f"file too large for netascii ({exc.needed} bytes, over tftpd's "
-                             f"memory_max); use octet")
+        where = route(request.filename)
+        if isinstance(where, Error):
+            return where
+        data = await _OPENERS[type(where)](self, where, request, peer)
+        if isinstance(data, (Error, NoMemory)):
+            return data
         negotiated = negotiate(request.options, len(data), self.limits)
         return Transfer(peer, memoryview(data), negotiated, retries=self.retries)
+
+    async def _stored(self, where: Route, request: ReadRequest, peer: Address) -> Content:
+        assert isinstance(where, StoreFile)
+        try:
+            blob = await self.content.open(where.path)
+        except FileError as exc:
+            return refusal_for(exc)
+        if request.mode is not Mode.NETASCII:
+            return blob.data
+        try:
+            return await self.netascii.open(blob)
+        except NoRoom as exc:
+            if exc.for_now:
+                return NoMemory(exc.needed, exc.available)
+            return Error(TftpCode.NOT_DEFINED,
+                         f"file too large for netascii ({exc.needed} bytes, over tftpd's "
+                         f"memory_max); use octet")
+
+    async def _machine_config(self, where: Route, request: ReadRequest,
+                              peer: Address) -> Content:
+        assert isinstance(where, MachineGrubConfig)
+        mac = where.mac
+        if mac is None:
+            if self.leases is None:
+                return Error(TftpCode.FILE_NOT_FOUND, "no GRUB config: no lease lookup here")
+            try:
+                mac = await self.leases.mac_of(peer[0])
+            except FileError as exc:
+                return lease_refusal(exc, peer[0])
+        return await self._page(GrubPage.config_of(mac), request, peer,
+                                f"no GRUB config for {mac}")
+
+    async def _page(self, where: Route, request: ReadRequest, peer: Address,
+                    what: str = "") -> Content:
+        assert isinstance(where, GrubPage)
+        if self.pages is None:
+            return Error(TftpCode.FILE_NOT_FOUND, f"{where.path}: no httpd to render it")
+        try:
+            body = await self.pages.get(where.path, peer[0])
+        except PageError as exc:
+            return page_refusal(exc, what or f"no {where.path}")
+        # This machine's own, for this transfer only: never shared or cached.
+        return to_netascii(body) if request.mode is Mode.NETASCII else body
+
+
+_OPENERS: dict[type, Opener] = {
+    StoreFile: ReadService._stored,
+    MachineGrubConfig: ReadService._machine_config,
+    GrubPage: ReadService._page,
+}
 
 
 class Verdict(enum.Enum):

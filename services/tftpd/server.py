@@ -38,6 +38,7 @@ from astralboot.services.tftpd.options import Limits
 from astralboot.services.tftpd.packets import (Error, TftpCode, ReadRequest, TftpProtocolError, WriteRequest, ack_block,
                       decode, encode_error)
 from astralboot.services.tftpd.policy import NoMemory, ReadService, SessionTable, Verdict, stray_answer
+from astralboot.services.tftpd.rendered import HttpdPages, LeaseDirectory
 from astralboot.services.tftpd.transfer import Address, State, Transfer
 
 log = logging.getLogger(__name__)
@@ -426,6 +427,13 @@ def limits_for(config: Config) -> Limits:
     return Limits(max_blksize=Limits.blksize_for_mtu(mtu), timeout=config.tftp.timeout)
 
 
+def page_deadline(config: Config) -> float:
+    """Seconds httpd has to answer for a GRUB page: a few of tftpd's own
+    retransmission timeouts or bus deadlines, whichever is longer. GRUB sends
+    its request again for about 30 s, so an answer within this is in time."""
+    return 3 * max(config.tftp.timeout, config.bus.deadline)
+
+
 async def main(fe: FrontEnd) -> None:
     from astralboot.common.content import DigestCache, fetch_to_cache_async
 
@@ -435,8 +443,12 @@ async def main(fe: FrontEnd) -> None:
     content = StoreContent(fe.bus, DigestCache(config.store.cache, config.store.cache_max),
                            fetch_to_cache_async, memory_limit=config.tftp.memory_cache,
                            budget=budget)
+    pages = HttpdPages(config.http.public_url, deadline=page_deadline(config), stats=fe.stats)
+    if pages.problem:
+        log.warning("GRUB configs over TFTP will be refused: %s", pages.problem)
     service = ReadService(content, limits_for(config), retries=config.tftp.retries,
-                          netascii=netascii)
+                          netascii=netascii, pages=pages,
+                          leases=LeaseDirectory(fe.bus, stats=fe.stats))
 
     def report(stage: str, ip: str, detail: str) -> None:
         # TFTP carries no MAC: the event names the client's address and the
