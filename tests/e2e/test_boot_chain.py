@@ -203,10 +203,13 @@ def test_a_secure_boot_guest_boots_through_shim_and_grub_to_the_preseed(
     stages = timeline.stages()
     assert _in_order(stages, ["dhcp.ack", "tftp.sent", "tftp.sent", "http.script",
                               "tftp.sent", "tftp.sent", "dhcp.ack", "http.template"]), stages
-    sent = [e.detail.split()[0] for e in timeline.events if e.stage == "tftp.sent"]
-    assert sent[:2] == ["debian-installer/amd64/bootnetx64.efi",
-                        "debian-installer/amd64/grubx64.efi"], sent
-    assert "image/debian/linux" in sent and "image/debian/initrd.gz" in sent, sent
+    sent = [e.detail.split()[0].lstrip("/") for e in timeline.events if e.stage == "tftp.sent"]
+    # shim, GRUB, GRUB's config (rendered for this MAC by httpd), the menu's default
+    # chosen through httpd, then the signed kernel and the initrd, all over TFTP
+    assert sent == ["debian-installer/amd64/bootnetx64.efi",
+                    "debian-installer/amd64/grubx64.efi", "debian-installer/amd64/grub/grub.cfg",
+                    f"grub/choose/debian/{mac}", "image/debian/linux",
+                    "image/debian/initrd.gz"], sent
     scripts = [e.detail for e in timeline.events if e.stage == "http.script"]
     assert scripts[:2] == ["grub menu", "debian chosen"], scripts  # the menu, then its default
     assert seen["secure"], "the kernel did not say Secure Boot was on"
