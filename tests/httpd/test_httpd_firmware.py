@@ -9,7 +9,7 @@ from httpd_fakes import FakeStore
 
 from astralboot.services.httpd.scripts import LOCAL_BOOT, name_initrds
 
-OSES = ("alpine", "debian", "flatcar", "rocky", "ubuntu")
+OSES = ("alpine", "debian", "debian-arm64", "flatcar", "rocky", "ubuntu")
 
 
 def _initrd_names(script: str) -> list[str]:

@@ -26,7 +26,7 @@ from astralboot.services.httpd.app import create_app
 from astralboot.services.httpd.errors import UnfitContent
 from astralboot.services.httpd.grubmenus import CLIENT_HEADER, machine_address
 
-OSES = ("alpine", "debian", "flatcar", "rocky", "ubuntu")
+OSES = ("alpine", "debian", "debian-arm64", "flatcar", "rocky", "ubuntu")
 URL = "http://192.0.2.1:8080"
 TFTPD = {"remote_addr": "127.0.0.1", "headers": {CLIENT_HEADER: IP}}  # tftpd asking for MAC
 GRUB_SCRIPT_CHECK = shutil.which("grub-script-check")

@@ -11,7 +11,7 @@ from httpd_fakes import FakeStore
 
 from astralboot.services.httpd.app import create_app
 
-OSES = ("alpine", "debian", "flatcar", "rocky", "ubuntu")
+OSES = ("alpine", "debian", "debian-arm64", "flatcar", "rocky", "ubuntu")
 
 
 @pytest.fixture(autouse=True)
