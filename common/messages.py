@@ -147,6 +147,7 @@ class LeaseGrant(Reply):
     os: str | None = None
     mac: str = ""  # the client's, so the caller can check the grant is for its request
     loader: str | None = None  # the machine's; None: the configured default
+    machine_class: str | None = None  # the machine's (a class may name a loader)
 
 
 @message("ok.leases")

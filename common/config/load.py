@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 
 from astralboot.common import netif
 from astralboot.common.errors import ConfigError, ConfigErrors
-from astralboot.common.names import MACHINE_NAME
+from astralboot.common.names import MACHINE_NAME, WORD
 from astralboot.common.config.model import (AdminConfig, BusConfig, Config, DhcpConfig, DnsConfig, HttpConfig, InstallConfig, UefiConfig,
                     IpfsConfig, MenuConfig, ReservationConfig, ServiceConfig, StoreConfig,
                     SubnetConfig, TftpConfig)
@@ -485,9 +485,19 @@ def from_dict(raw: dict[str, Any], file: Path, *, require_interface: bool = Fals
     menu = _menu(top.table("menu"))
     install = _install(top.table("install"))
     uefi_table = top.table("uefi")
+    class_table = uefi_table.table("class")
+    class_loaders = []
+    for name in list(class_table.data):
+        if not WORD.fullmatch(name):
+            class_table.error(name, "is not a class name (letters, digits, . _ -)")
+            class_table.used.add(name)
+            continue
+        class_loaders.append((name, class_table.get(name, p_choice("ipxe", "shim"), "ipxe")))
+    class_table.finish()
     uefi = UefiConfig(loader=uefi_table.get("loader", p_choice("ipxe", "shim"), "ipxe"),
                       arm64_loader=uefi_table.get("arm64_loader",
-                                                  p_choice("auto", "ipxe", "shim"), "auto"))
+                                                  p_choice("auto", "ipxe", "shim"), "auto"),
+                      class_loaders=tuple(class_loaders))
     uefi_table.finish()
     service_table = top.table("service")
     service = ServiceConfig(user=service_table.get("user", p_user, "astralboot"))

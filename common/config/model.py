@@ -133,6 +133,8 @@ class UefiConfig:
 
     loader: str = "ipxe"  # x64 (arch 7, 9): "ipxe", or "shim" for Secure Boot
     arm64_loader: str = "auto"  # arch 11: iPXE if the data folder has one (Debian ships none), else shim
+    # a machine class's loader ([uefi.class]), between the machine's own and the default
+    class_loaders: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

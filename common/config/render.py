@@ -128,6 +128,9 @@ def render(config: Config, *, annotate: bool = True) -> str:
     out += ["", "[service]"] + _lines([("user", config.service.user)], "service.", d)
     out += ["", "[uefi]"] + _lines([("loader", config.uefi.loader),
                                     ("arm64_loader", config.uefi.arm64_loader)], "uefi.", d)
+    if config.uefi.class_loaders:
+        out += ["", "[uefi.class]"] + [f"{toml_value(name)} = {toml_value(loader)}"
+                                       for name, loader in config.uefi.class_loaders]
     a = config.admin
     out += ["", "[admin]"] + _lines([
         ("port", a.port), ("bind", a.bind), ("tls_cert", a.tls_cert), ("tls_key", a.tls_key),

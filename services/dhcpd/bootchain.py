@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,6 +61,9 @@ class Assignment(Protocol):
 
     @property
     def loader(self) -> str | None: ...
+
+    @property
+    def machine_class(self) -> str | None: ...
 
 # Where the binaries live in the data folder; tftpd serves this folder, and
 # httpd serves the same files at HTTP_BINARY_PREFIX for UEFI HTTP boot.
@@ -172,16 +175,21 @@ def needs_machine(msg: ClientMessage) -> bool:
 
 class BootChain:
     def __init__(self, public_url: str, catalogue: BinaryCatalogue, *,
-                 loader: str = "ipxe", arm64_loader: str = "auto") -> None:
+                 loader: str = "ipxe", arm64_loader: str = "auto",
+                 class_loaders: Mapping[str, str] | None = None) -> None:
         self.public_url = public_url.rstrip("/")
         self.catalogue = catalogue
         self.loader = loader
         self.arm64_loader = arm64_loader
+        self.class_loaders = dict(class_loaders or {})
 
     def loader_for(self, arch: int | None, machine: Assignment | None) -> str:
-        """``ipxe`` or ``shim``: the machine's own choice, else the default for its arch."""
+        """``ipxe`` or ``shim``: the machine's own choice, else its class's
+        (``[uefi.class]``), else the default for its arch."""
         if machine is not None and machine.loader:
             return machine.loader
+        if machine is not None and machine.machine_class in self.class_loaders:
+            return self.class_loaders[machine.machine_class]
         if arch not in ARM64_ARCHES:
             return self.loader
         if self.arm64_loader == "auto":  # iPXE if the data folder has one for ARM64

@@ -224,7 +224,8 @@ async def main(fe: FrontEnd) -> None:
 
     catalogue = BinaryCatalogue()
     boot = BootChain(config.http.public_url, catalogue, loader=config.uefi.loader,
-                     arm64_loader=config.uefi.arm64_loader)
+                     arm64_loader=config.uefi.arm64_loader,
+                     class_loaders=dict(config.uefi.class_loaders))
     policy_class = ProxyPolicy if dhcp.proxy else DhcpPolicy
     policy = policy_class(config=config, store=bus, boot=boot, report=report, stats=fe.stats)
     link_sender = LinkSender.open(config.interface, str(config.address), dhcp.port)

@@ -216,7 +216,8 @@ class StoreService:
         return LeaseGrant(ip=ip, state=state, lease_time=lease_time,  # type: ignore[arg-type]
                           expires=expires, name=machine.name if machine else None,
                           os=machine.os if machine else None, mac=mac,
-                          loader=machine.loader if machine else None)
+                          loader=machine.loader if machine else None,
+                          machine_class=machine.machine_class if machine else None)
 
     def _seen(self, lease: Lease, now: float) -> tuple[Machine, Write]:
         number = lease.address - self.book.pools[lease.subnet].base

@@ -345,3 +345,18 @@ def test_a_top_level_dns_list_from_before_dnsd_still_loads(short_tmp: Path) -> N
     assert config.dhcp.lease_time == 600
     assert config.dns == (IPv4Address("192.0.2.1"),)  # dnsd is on: it wins, with a warning
     assert any("dhcp.dns: not handed to clients" in w for w in config.warnings)
+
+
+def test_uefi_loaders_default_per_arch_and_per_class(short_tmp: Path) -> None:
+    config = load(write(short_tmp, BASE))
+    assert (config.uefi.loader, config.uefi.arm64_loader, config.uefi.class_loaders) == \
+        ("ipxe", "auto", ())
+    config = load(write(short_tmp, BASE + '[uefi]\nloader = "shim"\n[uefi.class]\n'
+                        'etcd = "ipxe"\nsecure-racks = "shim"\n'))
+    assert config.uefi.loader == "shim"
+    assert dict(config.uefi.class_loaders) == {"etcd": "ipxe", "secure-racks": "shim"}
+    again = load(write(short_tmp, render(config), "shown.toml"))
+    assert again.uefi == config.uefi
+    with pytest.raises(ConfigError) as bad:
+        load(write(short_tmp, BASE + '[uefi.class]\netcd = "grub"\n'))
+    assert "uefi.class.etcd" in str(bad.value) and "not one of ipxe, shim" in str(bad.value)

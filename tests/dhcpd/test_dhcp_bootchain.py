@@ -147,7 +147,8 @@ def test_arm64_without_an_ipxe_binary_gets_debians_signed_shim() -> None:
 
 # --- the loader: iPXE, or Debian's signed shim for Secure Boot ------------------
 
-def offer_with(loader_default: str, **kw: Any) -> Packet:
+def offer_with(loader_default: str, class_loaders: dict[str, str] | None = None,
+               **kw: Any) -> Packet:
     """As offer_for, with ``[uefi] loader`` set to ``loader_default``."""
     config = make_config()
     store = InProcessStore(config, binaries={"snponly.efi"})
@@ -156,7 +157,8 @@ def offer_with(loader_default: str, **kw: Any) -> Packet:
         assert store.machine(MAC, **machine) is not None
     catalogue = BinaryCatalogue()
     policy = DhcpPolicy(config=config, store=store,
-                        boot=BootChain(URL, catalogue, loader=loader_default),
+                        boot=BootChain(URL, catalogue, loader=loader_default,
+                                       class_loaders=class_loaders),
                         report=lambda *e: None, stats=Counter())
 
     async def run() -> Packet:
@@ -184,6 +186,18 @@ def test_the_configured_default_loader_and_a_machines_own_choice() -> None:
                                 machine={"loader": "ipxe"})) == "snponly.efi"
     # BIOS machines have no Secure Boot: the loader never changes theirs.
     assert boot_file(offer_with("shim", arch=0, machine={"loader": "shim"})) == "undionly.kpxe"
+
+
+def test_a_machine_class_can_name_the_loader_between_the_machine_and_the_default() -> None:
+    secure = {"secure": "shim"}
+    classed = {"os": "flatcar", "machine_class": "secure"}
+    assert boot_file(offer_with("ipxe", secure, arch=7, vendor=PXE_X64, machine=classed)) == \
+        "debian-installer/amd64/bootnetx64.efi"
+    assert boot_file(offer_with("ipxe", secure, arch=7, vendor=PXE_X64,
+                                machine={**classed, "loader": "ipxe"})) == "snponly.efi"
+    assert boot_file(offer_with("ipxe", secure, arch=7, vendor=PXE_X64,
+                                machine={"os": "flatcar", "machine_class": "worker"})) == \
+        "snponly.efi"
 
 
 def test_uefi_http_boot_of_a_shim_machine_is_not_answered_so_the_firmware_tries_pxe() -> None:
