@@ -256,8 +256,8 @@ UNBOOTABLE = [
     # (script body after #!ipxe, the line number named, what the message says)
     (f"kernel http://boot.example.net/debian/linux\ninitrd {URL}/image/debian/initrd.gz\nboot",
      2, "not under http://192.0.2.1:8080/image/debian/"),
-    (f"kernel http://192.0.2.1:8081/image/debian/linux\nboot", 2, "not under"),
-    (f"kernel https://192.0.2.1:8080/image/debian/linux\nboot", 2, "not under"),
+    ("kernel http://192.0.2.1:8081/image/debian/linux\nboot", 2, "not under"),
+    ("kernel https://192.0.2.1:8080/image/debian/linux\nboot", 2, "not under"),
     (f"kernel {URL}/image/alpine/vmlinuz-lts\nboot", 2, "not under"),
     (f"kernel {URL}/tftp/linux\nboot", 2, "not under"),
     (f"kernel {URL}/image/debian/../../config.toml\nboot", 2, "not under"),
