@@ -1,0 +1,83 @@
+"""dnsd for bench/dns.py, as a process of its own (run inside the server namespace).
+
+    python -m bench.dns_server SETTINGS_JSON   (from the top of the repository)
+
+Settings::
+
+    {"address": "192.0.2.1", "port": 53, "domain": "bench.test",
+     "server_name": "bootsrv", "subnets": [...], "hosts_file": PATH,
+     "upstreams": ["192.0.2.53"], "rrl_rate": null, "cache_size": 1024}
+
+The zone and the server are the service's own classes (services/dnsd
+Zone and DnsServer). ``hosts_file`` is the one dnsmasq reads with
+``--addn-hosts`` (``IP NAME.DOMAIN`` a line); each line becomes a host
+with a name the operator chose (``fixed=True``) under a MAC of its own.
+Clients are the served subnets. Prints ``ready PORT`` once bound, then
+answers each ``stats`` line on stdin with one line of JSON (the server's
+counters); stops at the end of stdin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from astralboot.common import logs
+from astralboot.services.dnsd.server import DnsServer
+from astralboot.services.dnsd.zone import MAX_HOSTS, Zone
+
+
+def host_mac(index: int) -> str:
+    """A locally administered MAC for the ``index``-th host of the file."""
+    return "02:00:" + ":".join(f"{b:02x}" for b in index.to_bytes(4, "big"))
+
+
+def read_hosts(path: Path) -> list[tuple[str, str]]:
+    """(ip, name) from an /etc/hosts-shaped file."""
+    hosts = []
+    for line in path.read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2:
+            hosts.append((fields[0], fields[1]))
+    return hosts
+
+
+def build(settings: dict[str, Any]) -> DnsServer:
+    hosts = read_hosts(Path(settings["hosts_file"]))
+    zone = Zone(settings["domain"], settings.get("server_name"), settings["address"],
+                settings["subnets"], max_hosts=max(MAX_HOSTS, len(hosts)))
+    for index, (ip, name) in enumerate(hosts):
+        label = zone.set_host(host_mac(index), name, ip, fixed=True)
+        if label != name.split(".", 1)[0]:
+            raise SystemExit(f"host {name} got the label {label!r} in the zone")
+    return DnsServer(zone, settings["address"], settings.get("port", 53),
+                     clients=settings["subnets"], upstreams=settings.get("upstreams", ()),
+                     rrl_rate=settings.get("rrl_rate"),
+                     cache_size=settings.get("cache_size", 1024))
+
+
+async def main(settings: dict[str, Any]) -> None:
+    server = build(settings)
+    server.open()
+    loop = asyncio.get_running_loop()
+    serving = loop.create_task(server.serve())
+    print(f"ready {server.port}", flush=True)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        while line := await reader.readline():
+            if serving.done():
+                serving.result()  # a crash ends the bench, loudly
+            if line.strip() == b"stats":
+                print(json.dumps({**server.stats, **server.details()}), flush=True)
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+
+
+if __name__ == "__main__":
+    logs.configure("warning", "dnsd")
+    asyncio.run(main(json.loads(sys.argv[1])))
