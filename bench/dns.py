@@ -104,6 +104,10 @@ class Files:
     folder: Path
     hosts: int
     hot: int
+    miss: float
+    rng: random.Random = field(default_factory=lambda: random.Random(53))
+    _cold: int = 0  # the last cold name asked
+    _written: int = 0
 
     @property
     def zone_hosts(self) -> Path:
@@ -116,8 +120,27 @@ class Files:
     def queries(self, kind: str) -> Path:
         return self.folder / f"{kind}.queries"
 
-    def write(self, mix: tuple[int, int, int], miss: float, seed: int = 53) -> None:
-        rng = random.Random(seed)
+    def for_round(self, kind: str) -> Path:
+        """The query file for the next round of ``kind``: a fresh forwarded one
+        each time, so that its cold names are in neither cache yet (dnsperf
+        starts every run at the top of its file)."""
+        if kind != "fwd":
+            return self.queries(kind)
+        rng = self.rng
+        fwd = []
+        for _ in range(200_000):
+            if rng.random() < self.miss:
+                self._cold = self._cold % COLD_NAMES + 1
+                fwd.append(f"cold{self._cold}.{FORWARDED} A")
+            else:
+                fwd.append(f"www{rng.randint(1, self.hot)}.{FORWARDED} A")
+        self._written += 1
+        path = self.folder / f"fwd-{self._written}.queries"
+        path.write_text("\n".join(fwd) + "\n")
+        return path
+
+    def write(self, mix: tuple[int, int, int]) -> None:
+        rng = self.rng
         self.zone_hosts.write_text("".join(f"{host_ip(i)} node{i}.{DOMAIN}\n"
                                            for i in range(1, self.hosts + 1)))
         self.upstream_hosts.write_text(
@@ -135,14 +158,6 @@ class Files:
             else:
                 auth.append(f"ghost{rng.randrange(10 ** 8)}.{DOMAIN} A")
         self.queries("auth").write_text("\n".join(auth) + "\n")
-        fwd, cold = [], 0
-        for _ in range(200_000):
-            if rng.random() < miss:
-                cold = cold % COLD_NAMES + 1
-                fwd.append(f"cold{cold}.{FORWARDED} A")
-            else:
-                fwd.append(f"www{rng.randint(1, self.hot)}.{FORWARDED} A")
-        self.queries("fwd").write_text("\n".join(fwd) + "\n")
         self.queries("one").write_text(f"node1.{DOMAIN} A\n")
         self.queries("nx").write_text("".join(f"ghost{rng.randrange(10 ** 8)}.{DOMAIN} A\n"
                                               for _ in range(100_000)))
@@ -317,7 +332,7 @@ def check_answers(client: Host, files: Files, samples: int) -> list[str]:
     ]
     rng = random.Random(1)
     for kind in ("auth", "fwd"):
-        lines = files.queries(kind).read_text().splitlines()
+        lines = files.for_round(kind).read_text().splitlines()
         probes += [(*line.split(), None) for line in rng.sample(lines, samples)]  # type: ignore[misc]
     problems = []
     for name, rdtype, expected in probes:
@@ -439,10 +454,10 @@ class Perf:
         server.check()
         return parse_dnsperf(out.read_text(errors="replace"), run)
 
-    def warm(self, address: str, server: Daemon, kind: str) -> None:
+    def warm(self, address: str, server: Daemon, queries: Path) -> None:
         saved, self.seconds = self.seconds, 2
         try:
-            self.run(Run("warm-up", kind, None), address, server, self.files.queries(kind))
+            self.run(Run("warm-up", "", None), address, server, queries)
         finally:
             self.seconds = saved
 
@@ -464,7 +479,27 @@ def row(run: Run) -> str:
             f"lost {run.lost:,} ({run.lost_pct:.2f}%)  "
             f"ms avg {fmt_ms(lat.get('avg'))} p50 {fmt_ms(lat.get('p50'))}"
             f" p99 {fmt_ms(lat.get('p99'))} max {fmt_ms(lat.get('max'))}  "
-            f"CPU {run.cpu_us:.0f} us/q, dnsperf {100 * run.client_cpu / max(run.seconds, 1e-9):.0f}%")
+            f"CPU {run.cpu_us:.0f} us/q, dnsperf {100 * run.client_cpu / max(run.seconds, 1e-9):.0f}%"
+            + counters_line(run))
+
+
+# dnsd's counters that say something went wrong in a run
+TROUBLE = ("errors", "malformed", "udp_recv_errors", "udp_send_errors", "fwd_servfail",
+           "fwd_timeouts", "fwd_pending_full", "fwd_clients_full", "upstream_send_errors",
+           "upstream_recv_errors")
+
+
+def counters_line(run: Run) -> str:
+    c = run.counters
+    if not c:
+        return ""
+    parts = []
+    if c.get("fwd_questions"):
+        parts.append(f"{c['fwd_questions']:,} forwarded, {c.get('fwd_cache_hits', 0):,} from "
+                     f"the cache, {c.get('fwd_sent_udp', 0):,} asked upstream")
+    trouble = ", ".join(f"{k} {c[k]:,}" for k in TROUBLE if c.get(k))
+    parts.append(trouble or "no errors")
+    return "\n" + " " * 8 + "dnsd: " + "; ".join(parts)
 
 
 def median_of(runs: list[Run], server: str, attr: str) -> float:
@@ -580,8 +615,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     folder = Path(tempfile.mkdtemp(prefix="ab-bench-dns-"))
     try:
-        files = Files(folder, args.hosts, args.hot)
-        files.write(mix, args.miss)  # type: ignore[arg-type]
+        files = Files(folder, args.hosts, args.hot, args.miss)
+        files.write(mix)  # type: ignore[arg-type]
         print(f"{args.hosts:,} hosts in {DOMAIN}, queries {args.mix} (A,PTR,NXDOMAIN); "
               f"forwarded: {args.hot} hot names, {args.miss:.0%} misses; dnsperf -c "
               f"{args.clients} -q {args.outstanding} -l {args.seconds} -t {args.timeout:g}; "
@@ -630,15 +665,17 @@ def measure(perf: Perf, servers: dict[str, tuple[str, Daemon]], rounds: int,
     results = []
     for kind in ("auth", "fwd"):
         print(f"\n{titles[kind]}", flush=True)
+        queries = perf.files.for_round(kind)
         for address, server in servers.values():
-            perf.warm(address, server, kind)
+            perf.warm(address, server, queries)
         order = list(servers)
 
         def each(rate: int | None) -> Iterator[Run]:
             for rnd in range(rounds):
+                queries = perf.files.for_round(kind)  # the same for both servers
                 for name in (order if rnd % 2 == 0 else order[::-1]):
                     address, server = servers[name]
-                    run = perf.run(Run(name, kind, rate), address, server, perf.files.queries(kind))
+                    run = perf.run(Run(name, kind, rate), address, server, queries)
                     print(row(run), flush=True)
                     yield run
 
