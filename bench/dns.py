@@ -186,6 +186,10 @@ class Daemon:
         times = self.cpu.cpu_times()
         return times.user + times.system
 
+    def preempted(self) -> int:
+        """Times the kernel took the CPU from it (others wanted its core)."""
+        return int(self.cpu.num_ctx_switches().involuntary)
+
     def check(self) -> None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
@@ -360,6 +364,7 @@ class Run:
     rcodes: dict[str, int] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)  # ms: avg, max, p50, p99, stddev
     server_cpu: float = 0.0  # seconds
+    preempted: int = 0  # involuntary context switches of the server
     client_cpu: float = 0.0  # seconds
     counters: dict[str, int] = field(default_factory=dict)  # dnsd's own, this run's share
 
@@ -438,7 +443,7 @@ class Perf:
                      "-q", str(max(self.outstanding, queue or self.queue))]
         out = self.folder / "dnsperf.out"
         counters = server.stats() if isinstance(server, Dnsd) else {}
-        cpu_before = server.cpu_seconds()
+        cpu_before, preempted = server.cpu_seconds(), server.preempted()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         with open(out, "wb") as f:
             self.client.ns.run(pinned(self.cpu, argv), stdout=f, stderr=subprocess.STDOUT,
@@ -446,11 +451,12 @@ class Perf:
                                timeout=self.seconds + self.timeout + 60)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         run.server_cpu = server.cpu_seconds() - cpu_before
+        run.preempted = server.preempted() - preempted
         run.client_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
         if isinstance(server, Dnsd):
             now = server.stats()
-            run.counters = {k: v - counters.get(k, 0) for k, v in now.items()
-                            if v != counters.get(k, 0)}
+            run.counters = {k: v if k.endswith("_max_us") else v - counters.get(k, 0)
+                            for k, v in now.items() if v != counters.get(k, 0)}
         server.check()
         return parse_dnsperf(out.read_text(errors="replace"), run)
 
@@ -479,7 +485,8 @@ def row(run: Run) -> str:
             f"lost {run.lost:,} ({run.lost_pct:.2f}%)  "
             f"ms avg {fmt_ms(lat.get('avg'))} p50 {fmt_ms(lat.get('p50'))}"
             f" p99 {fmt_ms(lat.get('p99'))} max {fmt_ms(lat.get('max'))}  "
-            f"CPU {run.cpu_us:.0f} us/q, dnsperf {100 * run.client_cpu / max(run.seconds, 1e-9):.0f}%"
+            f"CPU {run.cpu_us:.0f} us/q, preempted {run.preempted:,}, "
+            f"dnsperf {100 * run.client_cpu / max(run.seconds, 1e-9):.0f}%"
             + counters_line(run))
 
 
@@ -497,6 +504,9 @@ def counters_line(run: Run) -> str:
     if c.get("fwd_questions"):
         parts.append(f"{c['fwd_questions']:,} forwarded, {c.get('fwd_cache_hits', 0):,} from "
                      f"the cache, {c.get('fwd_sent_udp', 0):,} asked upstream")
+    if c.get("gc_pause_total_us"):
+        parts.append(f"GC {c['gc_pause_total_us'] / 1e3:,.0f} ms in all, {c.get('gc_full', 0)} "
+                     f"full, longest {c.get('gc_pause_max_us', 0) / 1e3:.1f} ms")
     trouble = ", ".join(f"{k} {c[k]:,}" for k in TROUBLE if c.get(k))
     parts.append(trouble or "no errors")
     return "\n" + " " * 8 + "dnsd: " + "; ".join(parts)

@@ -14,14 +14,18 @@ Zone and DnsServer). ``hosts_file`` is the one dnsmasq reads with
 with a name the operator chose (``fixed=True``) under a MAC of its own.
 Clients are the served subnets. Prints ``ready PORT`` once bound, then
 answers each ``stats`` line on stdin with one line of JSON (the server's
-counters); stops at the end of stdin.
+counters, and the garbage collector's: collections of the oldest
+generation, and the longest pause since the last ``stats``); stops at the
+end of stdin.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,33 @@ def read_hosts(path: Path) -> list[tuple[str, str]]:
     return hosts
 
 
+class GcPauses:
+    """How often the collector ran, and for how long (a pause holds every query)."""
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.total_us = 0
+        self.max_us = 0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = int((time.perf_counter() - self._started) * 1e6)
+        self.total_us += pause
+        self.max_us = max(self.max_us, pause)
+        if info.get("generation") == 2:
+            self.full += 1
+
+    def read(self) -> dict[str, int]:
+        """The counters; the longest pause starts again from here."""
+        out = {"gc_full": self.full, "gc_pause_total_us": self.total_us,
+               "gc_pause_max_us": self.max_us}
+        self.max_us = 0
+        return out
+
+
 def build(settings: dict[str, Any]) -> DnsServer:
     hosts = read_hosts(Path(settings["hosts_file"]))
     zone = Zone(settings["domain"], settings.get("server_name"), settings["address"],
@@ -61,6 +92,8 @@ def build(settings: dict[str, Any]) -> DnsServer:
 
 async def main(settings: dict[str, Any]) -> None:
     server = build(settings)
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     server.open()
     loop = asyncio.get_running_loop()
     serving = loop.create_task(server.serve())
@@ -72,7 +105,8 @@ async def main(settings: dict[str, Any]) -> None:
             if serving.done():
                 serving.result()  # a crash ends the bench, loudly
             if line.strip() == b"stats":
-                print(json.dumps({**server.stats, **server.details()}), flush=True)
+                print(json.dumps({**server.stats, **server.details(), **pauses.read()}),
+                      flush=True)
     finally:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
