@@ -52,12 +52,10 @@ between runs on shared machines: compare the ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
 import resource
-import select
 import shutil
 import signal
 import statistics
@@ -69,11 +67,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import IO
-
-import psutil
 
 from astralboot.common.cli.demo.netns import Host, Lab, Namespace, require_root
+from bench.dns_server import Daemon, Dnsd, pinned
 
 DNSD = "192.0.2.1"
 DNSMASQ = "192.0.2.2"
@@ -89,9 +85,6 @@ COLD_NAMES = 50_000
 CACHE = 1024
 UPSTREAM_TTL = 300  # the hot names outlive every run in both caches
 LOCAL_TTL = 60  # dnsd's zone TTL; dnsmasq's --local-ttl is 0 unless told
-# dnsd runs as `python -m bench.dns_server` from here: as a script, its folder
-# would come first on sys.path and this dns.py would shadow dnspython.
-ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("dnsd", "dnsmasq")
 
 
@@ -171,89 +164,12 @@ class Files:
 # -- the servers ----------------------------------------------------------------
 
 
-def pinned(cpu: int | None, argv: list[str]) -> list[str]:
-    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
-
-
-class Daemon:
-    """A server process in a namespace; stopped (and waited for) on exit."""
-
-    def __init__(self, name: str, ns: Namespace, argv: list[str], log: Path) -> None:
-        self.name = name
-        self.log_path = log
-        with open(log, "wb") as out:
-            self.proc: subprocess.Popen[bytes] = ns.popen(argv, stdin=subprocess.PIPE,
-                                                          stdout=subprocess.PIPE, stderr=out,
-                                                          cwd=ROOT)
-        self.cpu = psutil.Process(self.proc.pid)  # `ip netns exec` and taskset exec in place
-
-    def cpu_seconds(self) -> float:
-        times = self.cpu.cpu_times()
-        return times.user + times.system
-
-    def preempted(self) -> int:
-        """Times the kernel took the CPU from it (others wanted its core)."""
-        return int(self.cpu.num_ctx_switches().involuntary)
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def line(self, timeout: float) -> str:
-        out: IO[bytes] | None = self.proc.stdout
-        assert out is not None
-        ready, _, _ = select.select([out], [], [], timeout)
-        return out.readline().decode() if ready else ""
-
-    def __enter__(self) -> Daemon:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-class Dnsd(Daemon):
-    def __init__(self, ns: Namespace, address: str, files: Files, folder: Path,
-                 cpu: int | None, rrl_rate: float | None = None) -> None:
-        settings = {"address": address, "port": 53, "domain": DOMAIN, "server_name": "bootsrv",
-                    "subnets": list(SUBNETS), "hosts_file": str(files.zone_hosts),
-                    "upstreams": [UPSTREAM], "rrl_rate": rrl_rate, "cache_size": CACHE}
-        super().__init__(f"dnsd at {address}", ns,
-                         pinned(cpu, [sys.executable, "-m", "bench.dns_server",
-                                     json.dumps(settings)]),
-                         folder / f"dnsd-{address}.log")
-        try:
-            line = self.line(60)
-            if not line.startswith("ready "):
-                raise RuntimeError(f"dnsd did not start ({line!r}):\n{self.log()}")
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def stats(self) -> dict[str, int]:
-        self.check()
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"stats\n")
-        self.proc.stdin.flush()
-        line = self.line(10)
-        if not line:
-            raise RuntimeError(f"no stats from dnsd:\n{self.log()}")
-        return {k: v for k, v in json.loads(line).items() if isinstance(v, int)}
+def start_dnsd(ns: Namespace, address: str, files: Files, folder: Path, cpu: int | None,
+               rrl_rate: float | None = None) -> Dnsd:
+    settings = {"address": address, "port": 53, "domain": DOMAIN, "server_name": "bootsrv",
+                "subnets": list(SUBNETS), "hosts_file": str(files.zone_hosts),
+                "upstreams": [UPSTREAM], "rrl_rate": rrl_rate, "cache_size": CACHE}
+    return Dnsd(ns, settings, folder / f"dnsd-{address}.log", cpu)
 
 
 def dnsmasq_argv(address: str, folder: Path, name: str, extra: list[str]) -> list[str]:
@@ -654,7 +570,7 @@ def main(argv: list[str]) -> int:
                     start_dnsmasq("dnsmasq", lab.server,
                                   pinned(server_cpu, peer_argv(files, folder)), folder,
                                   client, DNSMASQ, f"node1.{DOMAIN}") as dnsmasq, \
-                    Dnsd(lab.server, DNSD, files, folder, server_cpu) as dnsd:
+                    start_dnsd(lab.server, DNSD, files, folder, server_cpu) as dnsd:
                 problems = check_answers(client, files, args.samples)
                 if problems:
                     print("\nthe servers disagree; no figures:", *problems, sep="\n  ",
@@ -668,11 +584,14 @@ def main(argv: list[str]) -> int:
                 servers = {"dnsd": (DNSD, dnsd), "dnsmasq": (DNSMASQ, dnsmasq)}
                 extra = [int(r) for r in args.rates.split(",") if r]
                 failed = measure(perf, servers, args.rounds, extra)
-                with Dnsd(lab.server, DNSD_RRL, files, folder, server_cpu,
-                          rrl_rate=args.rrl_rate) as limited:
+                with start_dnsd(lab.server, DNSD_RRL, files, folder, server_cpu,
+                                rrl_rate=args.rrl_rate) as limited:
                     report_rrl(floods(perf, limited, args.flood_rate), args.rrl_rate,
                                args.seconds)
                 return 1 if failed else 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped, namespaces removed", file=sys.stderr)
+        return 130
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

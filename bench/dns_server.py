@@ -1,6 +1,10 @@
-"""dnsd for bench/dns.py, as a process of its own (run inside the server namespace).
+"""The servers of bench/dns.py: dnsd as a process of its own, and the handles
+the bench starts, reads and stops it (and dnsmasq) with.
 
     python -m bench.dns_server SETTINGS_JSON   (from the top of the repository)
+
+(As a script, bench/ would come first on sys.path, and bench/dns.py would
+shadow dnspython.)
 
 Settings::
 
@@ -16,7 +20,7 @@ Clients are the served subnets. Prints ``ready PORT`` once bound, then
 answers each ``stats`` line on stdin with one line of JSON (the server's
 counters, and the garbage collector's: collections of the oldest
 generation, and the longest pause since the last ``stats``); stops at the
-end of stdin.
+end of stdin. :class:`Dnsd` starts it in a namespace and reads those.
 """
 
 from __future__ import annotations
@@ -24,14 +28,109 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import select
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import psutil
 
 from astralboot.common import logs
+from astralboot.common.cli.demo.netns import Namespace
 from astralboot.services.dnsd.server import DnsServer
 from astralboot.services.dnsd.zone import MAX_HOSTS, Zone
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# -- in the bench: the server processes --------------------------------------------
+
+
+def pinned(cpu: int | None, argv: list[str]) -> list[str]:
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+class Daemon:
+    """A server process in a namespace; stopped (and waited for) on exit."""
+
+    def __init__(self, name: str, ns: Namespace, argv: list[str], log: Path) -> None:
+        self.name = name
+        self.log_path = log
+        with open(log, "wb") as out:
+            self.proc: subprocess.Popen[bytes] = ns.popen(argv, stdin=subprocess.PIPE,
+                                                          stdout=subprocess.PIPE, stderr=out,
+                                                          cwd=ROOT)
+        self.cpu = psutil.Process(self.proc.pid)  # `ip netns exec` and taskset exec in place
+
+    def cpu_seconds(self) -> float:
+        times = self.cpu.cpu_times()
+        return times.user + times.system
+
+    def preempted(self) -> int:
+        """Times the kernel took the CPU from it (others wanted its core)."""
+        return int(self.cpu.num_ctx_switches().involuntary)
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def line(self, timeout: float) -> str:
+        out: IO[bytes] | None = self.proc.stdout
+        assert out is not None
+        ready, _, _ = select.select([out], [], [], timeout)
+        return out.readline().decode() if ready else ""
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Dnsd(Daemon):
+    """``python -m bench.dns_server SETTINGS`` in ``ns``, once it is ready."""
+
+    def __init__(self, ns: Namespace, settings: dict[str, Any], log: Path,
+                 cpu: int | None) -> None:
+        super().__init__(f"dnsd at {settings['address']}", ns,
+                         pinned(cpu, [sys.executable, "-m", "bench.dns_server",
+                                     json.dumps(settings)]), log)
+        try:
+            line = self.line(60)
+            if not line.startswith("ready "):
+                raise RuntimeError(f"dnsd did not start ({line!r}):\n{self.log()}")
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def stats(self) -> dict[str, int]:
+        self.check()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"stats\n")
+        self.proc.stdin.flush()
+        line = self.line(10)
+        if not line:
+            raise RuntimeError(f"no stats from dnsd:\n{self.log()}")
+        return {k: v for k, v in json.loads(line).items() if isinstance(v, int)}
+
+
+# -- in dnsd's process --------------------------------------------------------------
 
 
 def host_mac(index: int) -> str:
