@@ -13,7 +13,8 @@ Settings::
      "upstreams": ["192.0.2.53"], "rrl_rate": null, "cache_size": 1024}
 
 The zone and the server are the service's own classes (services/dnsd
-Zone and DnsServer). ``hosts_file`` is the one dnsmasq reads with
+Zone and DnsServer), built as services/dnsd/service.py builds them with
+the ``[dns]`` defaults, and the heap settled as the service settles it. ``hosts_file`` is the one dnsmasq reads with
 ``--addn-hosts`` (``IP NAME.DOMAIN`` a line); each line becomes a host
 with a name the operator chose (``fixed=True``) under a MAC of its own.
 Clients are the served subnets. Prints ``ready PORT`` once bound, then
@@ -39,6 +40,7 @@ import psutil
 
 from astralboot.common import logs
 from astralboot.common.cli.demo.netns import Namespace
+from astralboot.common.frontend import settle_heap
 from astralboot.services.dnsd.server import DnsServer
 from astralboot.services.dnsd.zone import MAX_HOSTS, Zone
 
@@ -177,23 +179,27 @@ class GcPauses:
 
 def build(settings: dict[str, Any]) -> DnsServer:
     hosts = read_hosts(Path(settings["hosts_file"]))
+    ttl = settings.get("ttl", 60)
+    # As services/dnsd/service.py builds them, with the [dns] defaults.
     zone = Zone(settings["domain"], settings.get("server_name"), settings["address"],
-                settings["subnets"], max_hosts=max(MAX_HOSTS, len(hosts)))
+                settings["subnets"], ttl=ttl, negative_ttl=min(ttl, 30),
+                max_hosts=max(MAX_HOSTS, len(hosts)))
     for index, (ip, name) in enumerate(hosts):
         label = zone.set_host(host_mac(index), name, ip, fixed=True)
         if label != name.split(".", 1)[0]:
             raise SystemExit(f"host {name} got the label {label!r} in the zone")
     return DnsServer(zone, settings["address"], settings.get("port", 53),
                      clients=settings["subnets"], upstreams=settings.get("upstreams", ()),
-                     rrl_rate=settings.get("rrl_rate"),
-                     cache_size=settings.get("cache_size", 1024))
+                     rrl_rate=settings.get("rrl_rate"), rrl_slip=2, forward_timeout=2.0,
+                     forward_attempts=3, cache_size=settings.get("cache_size", 1024))
 
 
 async def main(settings: dict[str, Any]) -> None:
     server = build(settings)
+    server.open()
+    settle_heap()  # as the service does once started
     pauses = GcPauses()
     gc.callbacks.append(pauses)
-    server.open()
     loop = asyncio.get_running_loop()
     serving = loop.create_task(server.serve())
     print(f"ready {server.port}", flush=True)
