@@ -24,8 +24,8 @@ APT_RUN="python3 python3-venv iproute2 qemu-system-x86 ipxe-qemu ipxe ovmf
 # Real clients and peers the tests drive, a real IPFS node (npm), PostgreSQL.
 APT_TEST="curl busybox udhcpc isc-dhcp-client isc-dhcp-relay kea-admin dnsmasq-base tftp-hpa atftp
           bind9-dnsutils postgresql systemd systemd-container mmdebstrap openssl grub-common"
-# Only the benchmarks: the servers AstralBoot is measured against, and wrk.
-APT_BENCH="kea-dhcp4-server nginx-light wrk"
+# Only the benchmarks: the servers AstralBoot is measured against, wrk and dnsperf.
+APT_BENCH="kea-dhcp4-server nginx-light wrk dnsperf"
 
 apt_install() {
     local missing=()

@@ -5,7 +5,9 @@ Options after the names go to each named benchmark (``./run.sh bench dhcp
 
 Every benchmark builds its own namespace network, runs AstralBoot and the
 peer (dnsmasq, Kea, nginx) in the same run, and prints a table with the
-ratio. Figures drift between runs on shared machines: compare ratios.
+ratio. Each ``NAME.py`` here without an underscore is one (``dns``: dnsd
+against dnsmasq with dnsperf); ``NAME_server.py`` and the like are the
+processes they start. Figures drift between runs on shared machines: compare ratios.
 """
 
 from __future__ import annotations
