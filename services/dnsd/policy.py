@@ -49,6 +49,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from astralboot.services.dnsd.forward import Address, Client, Question
+from astralboot.services.dnsd.quick import QuickAnswers
 from astralboot.services.dnsd.ratelimit import ResponseRateLimit, Verdict
 from astralboot.services.dnsd.wire import (UDP_PLAIN, QueryError, Transport, Unanswerable,
                                            build_response, error_reply, parse_query,
@@ -100,12 +101,20 @@ class DnsPolicy:
 
     def __init__(self, zone: Zone, *, clients: Iterable[Network | str], forwarding: bool,
                  rrl: ResponseRateLimit | None = None,
-                 stats: Counter[str] | None = None) -> None:
+                 stats: Counter[str] | None = None, quick: bool = True) -> None:
         self.zone = zone
         self.clients = tuple(ipaddress.ip_network(c, strict=False) for c in clients)
         self.forwarding = forwarding
         self.rrl = rrl
         self.stats: Counter[str] = Counter() if stats is None else stats
+        self.kept = QuickAnswers(self.clients, rrl, self.stats) if quick else None
+
+    def quick(self, data: bytes, client_ip: str, now: float) -> bytes | None:
+        """A UDP query answered from the kept replies (:mod:`quick`): the bytes to
+        send (b"": none, rate-limited), or None when :meth:`handle` must decide."""
+        if self.kept is None:
+            return None
+        return self.kept.answer(data, client_ip, now, self.zone.serial)
 
     def handle(self, data: bytes, client: Address, now: float,
                transport: Transport = "udp") -> list[Action]:
@@ -143,7 +152,11 @@ class DnsPolicy:
                 key: Hashable = ("nxdomain", lookup.zone)
             else:
                 key = ("nodata" if lookup.nodata else "answer", q.name.canonicalize(), q.rdtype)
-            return self._answer(msg, query, client, transport, now, key)
+            actions, full = self._answer(msg, query, client, transport, now, key)
+            if full is not None and transport == "udp" and self.kept is not None:
+                self.kept.learn(data, full, key, f"rcode_{dns.rcode.to_text(lookup.rcode).lower()}",
+                                self.zone.serial)
+            return actions
         if query.flags & dns.flags.RD and self.forwarding:
             stats["forwarded"] += 1
             question = Question(q.name, q.rdtype, q.rdclass)
@@ -178,7 +191,10 @@ class DnsPolicy:
         return self._limited(rcode, data, None, client, transport, now, ("error", int(rcode)))
 
     def _answer(self, msg: dns.message.Message, query: dns.message.Message, client: Address,
-                transport: Transport, now: float, key: Hashable) -> list[Action]:
+                transport: Transport, now: float,
+                key: Hashable) -> tuple[list[Action], bytes | None]:
+        """The actions, and the whole answer when it is what was sent (not
+        truncated, not rate-limited): the one worth keeping."""
         data, truncated = render(msg, reply_limit(query, transport))
         if truncated:
             self.stats["truncated"] += 1
@@ -189,7 +205,9 @@ class DnsPolicy:
                                          flags=self._ra | dns.flags.AA | dns.flags.TC),
                           UDP_PLAIN)[0]
 
-        return self._limited(msg.rcode(), data, slip, client, transport, now, key)
+        actions = self._limited(msg.rcode(), data, slip, client, transport, now, key)
+        sent = len(actions) == 1 and isinstance(actions[0], Reply) and actions[0].data is data
+        return actions, data if sent and not truncated else None
 
     def _limited(self, rcode: dns.rcode.Rcode, data: bytes, slip: Callable[[], bytes] | None,
                  client: Address, transport: Transport, now: float,

@@ -136,6 +136,8 @@ class Zone:
         self.negative_ttl = negative_ttl
         self.max_hosts = max_hosts
         self.serial = serial & SERIAL_MAX or 1
+        self._prefixes: frozenset[bytes] = frozenset()
+        self._prefixes_at = -1  # the serial _prefixes were worked out at
         self._timers = (refresh, retry, expire)
         self._reverse: dict[tuple[int, ...], dns.name.Name] = {}
         for net in self.subnets:
@@ -306,6 +308,17 @@ class Zone:
             return None
         return {dns.rdatatype.A: A(IN, dns.rdatatype.A, str(host.ip))}
 
+    def _ptr_prefixes(self) -> frozenset[bytes]:
+        """The first 1-3 octets of every address with a PTR: the empty non-terminals,
+        worked out again only after a change (a query must not cost one pass per host)."""
+        if self._prefixes_at != self.serial:
+            below = [ip for ip in self._ptr if self._serves(ip)]
+            if self._server_ptr:
+                below.append(self.server_ip)
+            self._prefixes = frozenset(ip.packed[:n] for ip in below for n in (1, 2, 3))
+            self._prefixes_at = self.serial
+        return self._prefixes
+
     def _reverse_node(self, origin: dns.name.Name,
                       qname: dns.name.Name) -> dict[int, dns.rdata.Rdata] | None:
         if qname == origin:
@@ -314,11 +327,7 @@ class Zone:
         if len(octets) > 4 or any(o is None for o in octets):
             return None
         if len(octets) < 4:  # an empty non-terminal if some PTR lies below it
-            prefix = bytes(octets)  # type: ignore[arg-type]
-            below = [ip for ip in self._ptr if self._serves(ip)]
-            if self._server_ptr:
-                below.append(self.server_ip)
-            return {} if any(ip.packed.startswith(prefix) for ip in below) else None
+            return {} if bytes(octets) in self._ptr_prefixes() else None  # type: ignore[arg-type]
         address = IPv4Address(bytes(octets))  # type: ignore[arg-type]
         if not self._serves(address):
             return None
