@@ -107,7 +107,7 @@ class DnsPolicy:
         self.forwarding = forwarding
         self.rrl = rrl
         self.stats: Counter[str] = Counter() if stats is None else stats
-        self.kept = QuickAnswers(self.clients, rrl, self.stats) if quick else None
+        self.kept = QuickAnswers(zone, self.clients, rrl, self.stats) if quick else None
 
     def quick(self, data: bytes, client_ip: str, now: float) -> bytes | None:
         """A UDP query answered from the kept replies (:mod:`quick`): the bytes to

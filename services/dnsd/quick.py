@@ -15,7 +15,15 @@ Only plain queries take this path: one question, no answer or authority
 records, at most one additional record that is an OPT without options, no
 compression in the name, nothing after it. Anything else goes through the
 full policy. The kept answers are dropped whenever the zone's serial moves
-(a lease came or went), and there are at most ``max_entries`` of them.
+(a lease came or went), and there are at most ``max_entries`` of them (the
+oldest goes first).
+
+NXDOMAIN for a name one label below the domain (``nosuch.astral.lan``)
+does not depend on the name at all past the question: the SOA's names
+point into the question's domain part, at an offset set by the length of
+the first label. Such answers are kept once per first-label length, not
+per name, so a client asking random names costs no more than one asking
+the same name, and does not push the names that exist out of the store.
 
 The checks the policy makes are made here too: the client must be in a
 served network (remembered per address), and response-rate limiting takes
@@ -30,6 +38,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 from astralboot.services.dnsd.ratelimit import ResponseRateLimit, Verdict
+from astralboot.services.dnsd.zone import Zone
 
 HEADER = 12
 MAX_QUERY = 512  # a plain query is far smaller; anything bigger takes the full path
@@ -82,9 +91,14 @@ def query_key(data: bytes) -> tuple[bytes, bytes, int] | None:
 class QuickAnswers:
     """Kept replies by query key; :meth:`answer` is the whole hot path."""
 
-    def __init__(self, clients: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    def __init__(self, zone: Zone,
+                 clients: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
                  rrl: ResponseRateLimit | None, stats: Counter[str],
                  max_entries: int = 8192) -> None:
+        self.zone = zone
+        self.origin = zone.origin.to_wire().lower()  # type: ignore[union-attr]
+        # first labels whose NXDOMAIN answer would compress differently
+        self.not_nx = {zone.primary.labels[0].lower(), b"hostmaster"}
         self.clients = tuple(clients)
         self.rrl = rrl
         self.stats = stats
@@ -106,6 +120,9 @@ class QuickAnswers:
         if found is None:
             return None
         kept = self._kept.get(found[0])
+        if kept is None:
+            nx = self._nx_key(found[0])
+            kept = self._kept.get(nx) if nx is not None else None
         if kept is None or not self._is_allowed(client_ip):
             return None
         if self.rrl is not None:
@@ -134,9 +151,23 @@ class QuickAnswers:
         key, question, end = found
         if reply[HEADER:end] != question:  # the reply must echo the question as sent
             return
+        if rcode_stat == "rcode_nxdomain":
+            key = self._nx_key(key) or key
         if len(self._kept) >= self.max_entries:
-            self._kept.clear()
+            del self._kept[next(iter(self._kept))]  # the oldest kept
         self._kept[key] = Kept(reply, end, rrl_key, rcode_stat)
+
+    def _nx_key(self, key: bytes) -> bytes | None:
+        """The key shared by every name one label below the domain that does not
+        exist, with the same label length, type, flags and EDNS; else None."""
+        length = key[0]
+        name_end = 1 + length + len(self.origin)
+        if length == 0 or key[1 + length:name_end] != self.origin:
+            return None
+        label = key[1:1 + length]
+        if label in self.not_nx or label.decode("latin-1") in self.zone.labels():
+            return None
+        return b"\xffNX" + bytes([length]) + key[name_end:]
 
     def _slipped(self, data: bytes, kept: Kept, question: bytes) -> bytes:
         """No records and TC, as the policy's slip: "ask me again over TCP"."""

@@ -21,7 +21,7 @@ secondary or a cache that checks it sees the new data at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -224,6 +224,10 @@ class Zone:
 
     def _changed(self) -> None:
         self.serial = self.serial % SERIAL_MAX + 1
+
+    def labels(self) -> Mapping[str, Host]:
+        """Every label in the forward zone (hosts and the server's names), lower case."""
+        return self._by_label
 
     def hosts(self) -> Iterator[Host]:
         return iter(list(self._hosts.values()))

@@ -112,3 +112,35 @@ def test_rate_limiting_counts_the_same_on_both_paths() -> None:
         assert all(m.rcode() == dns.rcode.NOERROR and not m.answer for m in slipped)
         return Counter({k: v for k, v in p.stats.items() if k != "quick"})
     assert flood(True) == flood(False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
+       seed=st.integers(0, 2**32), rdtype=st.sampled_from(["A", "AAAA", "MX"]),
+       edns=st.sampled_from([-1, 0]))
+def test_one_nxdomain_answer_serves_every_missing_name_of_its_length(first: str, seed: int,
+                                                                     rdtype: str,
+                                                                     edns: int) -> None:
+    rng = random.Random(seed)
+    p = policy()
+    taken = set(p.zone.labels()) | {"hostmaster"}
+    if first in taken:
+        return
+    p.handle(query(f"{first}.{DOMAIN}", rdtype, qid=1, edns=edns), CLIENT, 0.0)
+    other = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in first)
+    if other in taken:
+        return
+    again = query(mixed_case(f"{other}.{DOMAIN}", rng), rdtype, qid=rng.getrandbits(16), edns=edns)
+    quick = p.quick(again, CLIENT[0], 1.0)
+    assert quick is not None and quick == full_answer(again)
+    assert dns.message.from_wire(quick).rcode() == dns.rcode.NXDOMAIN
+
+
+def test_names_that_exist_never_get_the_kept_nxdomain() -> None:
+    p = policy()
+    p.handle(query(f"zzzz.{DOMAIN}", "A", qid=1), CLIENT, 0.0)  # NXDOMAIN, length 4
+    web1 = query(f"web1.{DOMAIN}", "A", qid=2)  # same length, exists
+    assert p.quick(web1, CLIENT[0], 0.0) is None
+    assert p.quick(query(f"hostmaster.{DOMAIN}", "A", qid=3), CLIENT[0], 0.0) is None
+    p.zone.set_host("52:54:00:00:00:0a", "yyyy", "192.0.2.98")  # appears: serial moves
+    assert p.quick(query(f"yyyy.{DOMAIN}", "A", qid=4), CLIENT[0], 0.0) is None
