@@ -4,8 +4,9 @@ The previous release (0.2.0, commit 86b983e: schema 0002) is built from git
 history into a wheel and installed into a fresh venv, as an operator's
 /opt/astralboot would hold it; its store hands out leases and records
 machines. Then this tree's wheel is installed over it (pip upgrade), the
-store restarts, migrates the schema (0003: admin tokens) and must still
-hold every lease and machine. On SQLite and on PostgreSQL.
+store restarts, migrates the schema (0003: admin tokens, 0004: each
+machine's loader) and must still hold every lease and machine. On SQLite
+and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from astralboot.common.bus.client import SyncBusClient
 from astralboot.common.config import load
 from astralboot.common.errors import BusError
+from astralboot.services.store.database import SCHEMA_HEAD
 from astralboot.common.messages import (Health, HealthReply, LeaseCommit, LeaseGrant,
                                         LeaseLookup, LeaseOffer, LeaseReply, MachineGet,
                                         MachineReply, MachineSet, TokenList, TokenListReply)
@@ -140,6 +142,7 @@ def test_an_upgrade_in_place_keeps_every_lease_and_machine(
                         assert (machine.machine.name, machine.machine.os,
                                 machine.machine.labels) == (f"kept-{i}", "debian",
                                                             {"rack": str(i)})
+                        assert machine.machine.loader is None  # the default, until set
                 tokens = bus.call(TokenList())  # the new schema's table is there
                 assert isinstance(tokens, TokenListReply) and tokens.tokens == ()
         engine = sa.create_engine(database)
@@ -147,7 +150,7 @@ def test_an_upgrade_in_place_keeps_every_lease_and_machine(
             head = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             rows = conn.execute(sa.text("SELECT count(*) FROM leases")).scalar()
         engine.dispose()
-        assert head == "0003" and rows == MACHINES
+        assert head == SCHEMA_HEAD == "0004" and rows == MACHINES
         assert "Traceback" not in log.read_text()
     finally:
         if context is not None:
