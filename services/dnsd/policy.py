@@ -49,7 +49,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from astralboot.services.dnsd.forward import Address, Client, Question
-from astralboot.services.dnsd.quick import QuickAnswers
+from astralboot.services.dnsd.quick import QuickAnswers, in_networks
 from astralboot.services.dnsd.ratelimit import ResponseRateLimit, Verdict
 from astralboot.services.dnsd.wire import (UDP_PLAIN, QueryError, Transport, Unanswerable,
                                            build_response, error_reply, parse_query,
@@ -171,13 +171,7 @@ class DnsPolicy:
         return dns.flags.RA if self.forwarding else 0
 
     def _allowed(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in net for net in self.clients)
+        return in_networks(ip, self.clients)
 
     def _drop(self, reason: str) -> Drop:
         self.stats[f"drop_{reason}"] += 1

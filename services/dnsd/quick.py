@@ -47,6 +47,18 @@ TC = 0x02  # in the header's third byte
 _ALLOWED_MEMO = 65536
 
 
+def in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+                ) -> bool:
+    """Whether ``ip`` (an IPv4-mapped IPv6 address counts as its IPv4) is in ``networks``."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in net for net in networks)
+
+
 @dataclass(frozen=True, slots=True)
 class Kept:
     data: bytes  # the whole reply as rendered for the first asker
@@ -189,13 +201,7 @@ class QuickAnswers:
     def _is_allowed(self, ip: str) -> bool:
         known = self._allowed.get(ip)
         if known is None:
-            try:
-                address = ipaddress.ip_address(ip.split("%", 1)[0])
-            except ValueError:
-                return False
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped
-            known = any(address in net for net in self.clients)
+            known = in_networks(ip, self.clients)
             if len(self._allowed) >= _ALLOWED_MEMO:
                 self._allowed.clear()
             self._allowed[ip] = known
