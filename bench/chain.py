@@ -13,6 +13,11 @@ run, one QEMU/TCG guest per leg:
   field (``dhcp-no-override``) and serves a static grub.cfg with the kernel
   command line AstralBoot renders. The leg checks, on both guests' serial
   consoles, that the kernel said Secure Boot was on.
+- ``arm64``: the same through Debian's ARM64 shim and GRUB, on an emulated
+  ``qemu-system-aarch64 -machine virt`` with AAVMF and Microsoft's keys
+  (client arch 11), booting the bundled ``debian-arm64`` OS folder; AstralBoot
+  picks shim by itself (``[uefi] arm64_loader = "auto"``). Slow: every
+  instruction is emulated.
 
 Both servers send the machine straight to its installer (AstralBoot: the
 OS is assigned beforehand), so neither waits on a menu. The secure leg
@@ -21,7 +26,7 @@ the peer's from dnsmasq's log and nginx's access log as the lines appear
 (polled every 0.1 s).
 
     sudo ./run.sh bench chain
-    python -m bench chain --firmware secure        (or bios,uefi,secure; repeatable)
+    python -m bench chain --firmware secure        (or bios,uefi,secure,arm64; repeatable)
 """
 
 from __future__ import annotations
@@ -50,12 +55,32 @@ from astralboot.common.cli.demo.site import write_config
 from astralboot.common.messages import MachineSet
 
 TIMEOUT = 900
+ARM64_TIMEOUT = 3600  # emulated ARM64: the installer's start-up takes many minutes
 RESULTS = Path(__file__).parent / "results"
 SERVER = "192.0.2.1"
 # Leg name -> the guest's firmware (common/cli/demo/guest.py).
-LEGS = {"bios": "bios", "uefi": "uefi", "secure": "uefi-secure"}
-SHIM_FOLDER = "debian-installer/amd64"  # grubx64.efi's built-in prefix is below it
-SHIM, GRUB = "bootnetx64.efi", "grubx64.efi"
+LEGS = {"bios": "bios", "uefi": "uefi", "secure": "uefi-secure", "arm64": "arm64"}
+
+
+@dataclass(frozen=True, slots=True)
+class ShimLeg:
+    """A leg that boots Debian's signed shim and GRUB: their folder (GRUB's
+    built-in prefix is below it), the files, the OS folder, its serial console."""
+
+    folder: str
+    shim: str
+    grub: str
+    os: str
+    console: str
+    arch: int  # DHCP client architecture (option 93)
+
+
+SHIM_LEGS = {
+    "secure": ShimLeg("debian-installer/amd64", "bootnetx64.efi", "grubx64.efi", "debian",
+                      "ttyS0,115200n8", 7),
+    "arm64": ShimLeg("debian-installer/arm64", "bootnetaa64.efi", "grubaa64.efi",
+                     "debian-arm64", "ttyAMA0,115200n8", 11),
+}
 
 PEER_SCRIPT = f"""#!ipxe
 kernel http://{SERVER}/linux initrd=initrd.gz auto=true priority=critical preseed/url=http://{SERVER}/preseed.cfg
@@ -67,11 +92,12 @@ boot
 # (common/bundled/boot/debian/template/start.tmpl; a fresh store names it
 # node1; the default domain), with the preseed on nginx. The leg prints both
 # kernels' lines.
-PEER_GRUB = f"""set timeout=0
+def peer_grub(s: ShimLeg) -> str:
+    return f"""set timeout=0
 set default=0
 menuentry 'Debian 12 installer (automated)' {{
-  linux  /image/debian/linux auto=true priority=critical preseed/url=http://{SERVER}/preseed.cfg hostname=node1 domain=astral.lan console=tty0 console=ttyS0,115200n8
-  initrd /image/debian/initrd.gz
+  linux  /image/{s.os}/linux auto=true priority=critical preseed/url=http://{SERVER}/preseed.cfg hostname=node1 domain=astral.lan console=tty0 console={s.console}
+  initrd /image/{s.os}/initrd.gz
 }}
 """
 
@@ -96,8 +122,10 @@ dhcp-boot=tag:ipxe,http://192.0.2.1/boot.ipxe
 """
 # shim takes its folder from the BOOTP file field, which dnsmasq leaves empty
 # (the name only in option 67) unless told not to override it.
-DNSMASQ_SHIM = f"""dhcp-no-override
-dhcp-boot=tag:efi64,{SHIM_FOLDER}/{SHIM},,{SERVER}
+def dnsmasq_shim(s: ShimLeg) -> str:
+    return f"""dhcp-no-override
+dhcp-match=set:shim,option:client-arch,{s.arch}
+dhcp-boot=tag:shim,{s.folder}/{s.shim},,{SERVER}
 """
 
 NGINX = """daemon off;
@@ -166,22 +194,23 @@ def _sent(name: str) -> Callable[[Mark], bool]:
 
 
 # Each stage is the first mark matching it after the previous stage.
-SECURE_STAGES: list[tuple[str, Callable[[Mark], bool]]] = [
-    ("firmware DHCP ack", lambda m: m.stage == DHCP_ACK),
-    ("shim sent", _sent(f"{SHIM_FOLDER}/{SHIM}")),
-    ("GRUB sent", _sent(f"{SHIM_FOLDER}/{GRUB}")),
-    ("grub.cfg sent", _sent(f"{SHIM_FOLDER}/grub/grub.cfg")),
-    ("kernel sent", _sent("image/debian/linux")),
-    ("initrd sent", _sent("image/debian/initrd.gz")),
-    ("installer DHCP ack", lambda m: m.stage == DHCP_ACK),
-    ("preseed fetched", lambda m: m.stage == HTTP_TEMPLATE),
-]
+def shim_stages(s: ShimLeg) -> list[tuple[str, Callable[[Mark], bool]]]:
+    return [
+        ("firmware DHCP ack", lambda m: m.stage == DHCP_ACK),
+        ("shim sent", _sent(f"{s.folder}/{s.shim}")),
+        ("GRUB sent", _sent(f"{s.folder}/{s.grub}")),
+        ("grub.cfg sent", _sent(f"{s.folder}/grub/grub.cfg")),
+        ("kernel sent", _sent(f"image/{s.os}/linux")),
+        ("initrd sent", _sent(f"image/{s.os}/initrd.gz")),
+        ("installer DHCP ack", lambda m: m.stage == DHCP_ACK),
+        ("preseed fetched", lambda m: m.stage == HTTP_TEMPLATE),
+    ]
 
 
-def stages(marks: list[Mark]) -> list[tuple[str, float | None]]:
+def stages(marks: list[Mark], s: ShimLeg) -> list[tuple[str, float | None]]:
     out: list[tuple[str, float | None]] = []
     rest = iter(sorted(marks, key=lambda m: m.at))
-    for label, match in SECURE_STAGES:
+    for label, match in shim_stages(s):
         hit = next((m for m in rest if match(m)), None)
         out.append((label, None if hit is None else round(hit.at, 1)))
         if hit is None:
@@ -231,16 +260,17 @@ def _peer_files(leg: str, data: Path, root: Path) -> None:
     tftp = root / "tftp"
     tftp.mkdir()
     images = data / "boot/debian/images"
-    if leg == "secure":
-        loaders = tftp / SHIM_FOLDER
+    if leg in SHIM_LEGS:
+        s = SHIM_LEGS[leg]
+        loaders = tftp / s.folder
         (loaders / "grub").mkdir(parents=True)
-        for name in (SHIM, GRUB):
-            shutil.copy(data / "tftp" / SHIM_FOLDER / name, loaders / name)
-        (loaders / "grub/grub.cfg").write_text(PEER_GRUB)
-        (tftp / "image/debian").mkdir(parents=True)
+        for name in (s.shim, s.grub):
+            shutil.copy(data / "tftp" / s.folder / name, loaders / name)
+        (loaders / "grub/grub.cfg").write_text(peer_grub(s))
+        (tftp / "image" / s.os).mkdir(parents=True)
         for name in ("linux", "initrd.gz"):
-            shutil.copy(images / name, tftp / "image/debian" / name)
-        boot = DNSMASQ_SHIM
+            shutil.copy(data / "boot" / s.os / "images" / name, tftp / "image" / s.os / name)
+        boot = dnsmasq_shim(s)
     else:
         for name in ("undionly.kpxe", "snponly.efi"):
             shutil.copy(data / "tftp" / name, tftp / name)
@@ -283,7 +313,7 @@ def _peer_boot(leg: str, guest: Guest, lab: Lab, root: Path) -> Run:
     started = time.time()
     proc = guest.start(lab.server)
     try:
-        while time.time() - started < TIMEOUT:
+        while time.time() - started < (ARM64_TIMEOUT if leg == "arm64" else TIMEOUT):
             now = time.time() - started
             new = watch.poll(now)
             if any("GET /preseed.cfg" in line for line in new):
@@ -313,10 +343,11 @@ def astralboot(leg: str, data: Path, work: Path) -> Run:
         mac = _mac()
         with ServeProcess(config, lab.server, root / "serve.log"):
             with SyncBusClient(config.bus.endpoint) as bus:
-                bus.call(MachineSet(mac=mac, os="debian",
+                bus.call(MachineSet(mac=mac, os=SHIM_LEGS[leg].os if leg in SHIM_LEGS else "debian",
                                     loader="shim" if leg == "secure" else None))
             guest = Guest(firmware=LEGS[leg], mac=mac, tap=tap, workdir=root)  # type: ignore[arg-type]
-            timeline = boot_until(guest, lab.server, config.bus.events, HTTP_TEMPLATE, TIMEOUT)
+            timeline = boot_until(guest, lab.server, config.bus.events, HTTP_TEMPLATE,
+                                  ARM64_TIMEOUT if leg == "arm64" else TIMEOUT)
     marks = [Mark(timeline.at(e), e.stage, e.detail) for e in timeline.events]
     return Run(timeline.total(), marks, _console(guest))
 
@@ -332,11 +363,12 @@ def _legs(text: str) -> list[str]:
     return names
 
 
-def _check_secure_files(data: Path) -> None:
-    missing = [name for name in (SHIM, GRUB) if not (data / "tftp" / SHIM_FOLDER / name).is_file()]
+def _check_shim_files(data: Path, leg: str) -> None:
+    s = SHIM_LEGS[leg]
+    missing = [name for name in (s.shim, s.grub) if not (data / "tftp" / s.folder / name).is_file()]
     if missing:
-        raise SystemExit(f"the secure leg needs {', '.join(missing)} in data/tftp/{SHIM_FOLDER}/ "
-                         "(package debian-installer-12-netboot-amd64)")
+        raise SystemExit(f"the {leg} leg needs {', '.join(missing)} in data/tftp/{s.folder}/ "
+                         f"(package debian-installer-12-netboot-{s.folder.rsplit('/', 1)[1]})")
 
 
 def _secure_report(row: dict, theirs: Run, ours: Run) -> bool:
@@ -366,8 +398,9 @@ def main(argv: list[str]) -> int:
     work.chmod(0o755)  # nginx's workers (nobody) read the peer's files from here
     data = work / "data"
     create_data_folder(data)
-    if "secure" in legs:
-        _check_secure_files(data)
+    for leg in legs:
+        if leg in SHIM_LEGS:
+            _check_shim_files(data, leg)
     RESULTS.mkdir(exist_ok=True)
     rows, status = [], 0
     busy = subprocess.run(["pgrep", "-a", "qemu"], capture_output=True, text=True).stdout.strip()
@@ -384,16 +417,18 @@ def main(argv: list[str]) -> int:
                    "stages": [(m.stage, round(m.at, 1)) for m in ours.marks]}
             print(f"{leg}: dnsmasq+nginx {theirs.seconds:.1f}s, AstralBoot {ours.seconds:.1f}s "
                   f"(AstralBoot/peer {ours.seconds / theirs.seconds:.2f})", flush=True)
-            if leg == "secure":
-                row.update(peer_stages=stages(theirs.marks), astralboot_stages=stages(ours.marks),
+            if leg in SHIM_LEGS:
+                s = SHIM_LEGS[leg]
+                row.update(peer_stages=stages(theirs.marks, s),
+                           astralboot_stages=stages(ours.marks, s),
                            peer_secure_boot=theirs.evidence(),
                            astralboot_secure_boot=ours.evidence(),
                            peer_command_line=theirs.command_line(),
                            astralboot_command_line=ours.command_line())
                 for who, run in (("peer", theirs), ("astralboot", ours)):
-                    (RESULTS / f"chain-secure-{who}-console.log").write_text(run.console)
+                    (RESULTS / f"chain-{leg}-{who}-console.log").write_text(run.console)
                 if not _secure_report(row, theirs, ours):
-                    print("secure: the kernel did not say Secure Boot was on in both runs",
+                    print(f"{leg}: the kernel did not say Secure Boot was on in both runs",
                           flush=True)
                     status = 1
             rows.append(row)
