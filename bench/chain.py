@@ -144,7 +144,6 @@ http {{
 # kernel's lockdown and its secureboot line), and the kernel's command line.
 SECURE_EVIDENCE = ("Secure Boot is enabled", "locked down from EFI Secure Boot",
                    "secureboot: Secure boot enabled")
-COMMAND_LINE = "Command line:"
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
 
 
@@ -171,8 +170,9 @@ class Run:
                 if any(e in line for e in SECURE_EVIDENCE)]
 
     def command_line(self) -> str | None:
-        return next((line.split(COMMAND_LINE, 1)[1].strip()
-                     for line in self.console.splitlines() if COMMAND_LINE in line), None)
+        # x86 kernels print "Command line:", ARM64 ones "Kernel command line:"
+        return next((line.split("ommand line:", 1)[1].strip()
+                     for line in self.console.splitlines() if "ommand line:" in line), None)
 
 
 def _mac() -> str:
