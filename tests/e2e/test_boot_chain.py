@@ -189,6 +189,15 @@ def _console_has(guest: Guest, text: str) -> bool:
     return text in guest.console_log.read_bytes().decode("utf-8", "replace")
 
 
+def _until_console(boot: WatchedBoot, guest: Guest, text: str, timeout: float,
+                   failure: str) -> None:
+    """Collect events until ``text`` shows on the guest's console (``failure`` if not)."""
+    deadline = time.monotonic() + timeout
+    while not _console_has(guest, text):
+        assert time.monotonic() < deadline, failure
+        boot.collect(timeout=1)
+
+
 def test_a_secure_boot_guest_boots_through_shim_and_grub_to_the_preseed(
         lab: Lab, short_tmp: Path, data_folder: Path) -> None:
     """OVMF with Secure Boot on and Microsoft's keys: Debian's signed shim, its
@@ -228,10 +237,7 @@ def test_the_same_secure_boot_guest_refuses_ipxe(lab: Lab, short_tmp: Path,
         try:
             with WatchedBoot(guest, lab.server, config.bus.events) as boot:
                 sent = boot.wait_for("tftp.sent", BOOT_TIMEOUT)
-                deadline = time.monotonic() + 120
-                while not _console_has(guest, "Access Denied"):
-                    assert time.monotonic() < deadline, "the firmware ran iPXE"
-                    boot.collect(timeout=1)
+                _until_console(boot, guest, "Access Denied", 120, "the firmware ran iPXE")
         except Exception as exc:
             raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}\n"
                                  f"--- serve ---\n{serve.tail()}") from None
@@ -274,10 +280,7 @@ def test_an_arm64_guest_boots_through_shim_and_grub_into_the_installer_kernel(
                     sent = boot.wait_for("tftp.sent", ARM64_TIMEOUT)
                     if "initrd.gz" in sent.detail:
                         break
-                deadline = time.monotonic() + 600
-                while not _console_has(guest, "Linux version"):
-                    assert time.monotonic() < deadline, "the kernel never started"
-                    boot.collect(timeout=2)
+                _until_console(boot, guest, "Linux version", 600, "the kernel never started")
         except Exception as exc:
             raise AssertionError(f"{exc}\n--- console ---\n{guest.console_tail()}\n"
                                  f"--- serve ---\n{serve.tail()}") from None
